@@ -1,0 +1,9 @@
+//! The XDP program (placeholder until the XDP data-plane issue lands).
+#![no_std]
+#![no_main]
+
+#[cfg(not(test))]
+#[panic_handler]
+fn panic(_info: &core::panic::PanicInfo) -> ! {
+    loop {}
+}

@@ -1,0 +1,1 @@
+//! The Turnstile daemon: config loading, IO backends, worker pool, persistence, control plane.
