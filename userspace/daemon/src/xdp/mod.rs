@@ -1,0 +1,1 @@
+//! XDP data plane: loader (aya), maps, AF_XDP sockets. (In progress.)
