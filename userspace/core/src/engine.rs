@@ -6,7 +6,8 @@
 //! nonce replay window, counters merged on read) lives in [`Shared`].
 
 use crate::auth::AuthConfig;
-use crate::group::{GroupTable, Unclassified};
+use crate::group::{GroupId, GroupTable, Unclassified};
+use crate::stats::WorkerStats;
 use crate::registrar::RegistrarConfig;
 use crate::time::Millis;
 use std::collections::VecDeque;
@@ -53,20 +54,41 @@ impl Shared {
 
 pub struct Engine {
     shared: Arc<Shared>,
+    stats: Arc<WorkerStats>,
     out: VecDeque<Transmit>,
 }
 
 impl Engine {
     pub fn new(shared: Arc<Shared>, _seed: u64) -> Self {
-        Engine { shared, out: VecDeque::new() }
+        Engine { shared, stats: Arc::default(), out: VecDeque::new() }
+    }
+
+    /// This worker's counters; the control plane keeps a clone and merges on read.
+    pub fn stats(&self) -> &Arc<WorkerStats> {
+        &self.stats
     }
 
     pub fn shared(&self) -> &Arc<Shared> {
         &self.shared
     }
 
-    /// One UDP datagram from `src`, received on local address `local`.
-    pub fn handle_datagram(&mut self, _now: Millis, _src: SocketAddr, _local: SocketAddr, _data: &[u8]) {}
+    /// One UDP datagram from `src`, received on local address `local`; classifies `src` itself.
+    pub fn handle_datagram(&mut self, now: Millis, src: SocketAddr, local: SocketAddr, data: &[u8]) {
+        let group = self.shared.config.groups.classify(src.ip());
+        self.handle_classified(now, src, local, group, data)
+    }
+
+    /// Same, with the IP Group already known (XDP metadata, or the socket worker's own
+    /// classification that decided which fair queue the datagram waited in).
+    pub fn handle_classified(
+        &mut self,
+        _now: Millis,
+        _src: SocketAddr,
+        _local: SocketAddr,
+        _group: Option<GroupId>,
+        _data: &[u8],
+    ) {
+    }
 
     pub fn poll_transmit(&mut self) -> Option<Transmit> {
         self.out.pop_front()

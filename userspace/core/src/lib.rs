@@ -15,6 +15,7 @@ pub mod engine;
 pub mod group;
 pub mod msg;
 pub mod registrar;
+pub mod stats;
 #[cfg(feature = "rsip")]
 pub mod rsip_adapter;
 pub mod time;
