@@ -1,0 +1,210 @@
+//! Building responses to requests (RFC 3261 §8.2.6.2: copy Via, From, To, Call-ID, CSeq;
+//! add a To tag; §18.2.1 `received`; RFC 3581 `rport`) and small helpers for headers.
+//!
+//! Responses are written straight into a `Vec<u8>` with no intermediate structures: this is
+//! on the hot path of every REGISTER.
+
+use super::fields::{params, trim};
+use super::{HeaderName, Hot, Message};
+use std::io::Write;
+use std::net::{IpAddr, SocketAddr};
+
+/// The reason phrase we use for a status code when the caller has nothing more specific.
+pub fn default_reason(code: u16) -> &'static str {
+    match code {
+        100 => "Trying",
+        200 => "OK",
+        400 => "Bad Request",
+        401 => "Unauthorized",
+        403 => "Forbidden",
+        404 => "Not Found",
+        405 => "Method Not Allowed",
+        408 => "Request Timeout",
+        415 => "Unsupported Media Type",
+        416 => "Unsupported URI Scheme",
+        420 => "Bad Extension",
+        423 => "Interval Too Brief",
+        480 => "Temporarily Unavailable",
+        481 => "Call/Transaction Does Not Exist",
+        482 => "Loop Detected",
+        483 => "Too Many Hops",
+        500 => "Server Internal Error",
+        501 => "Not Implemented",
+        503 => "Service Unavailable",
+        505 => "Version Not Supported",
+        513 => "Message Too Large",
+        _ => "Unknown",
+    }
+}
+
+/// Writes the top Via value with `received` and `rport` filled in for a request that came
+/// from `src` (RFC 3261 §18.2.1, RFC 3581 §4). Other parameters keep their order.
+pub fn write_top_via(out: &mut Vec<u8>, hot: &Hot<'_>, src: SocketAddr) {
+    let via = &hot.via;
+    let raw = via.raw;
+    // `params` is a sub-slice of `raw`; everything before it is "SIP/2.0/UDP sent-by".
+    let prefix_len = (via.params.as_ptr() as usize).saturating_sub(raw.as_ptr() as usize).min(raw.len());
+    out.extend_from_slice(trim(&raw[..prefix_len]));
+    let src_ip = src.ip();
+    let src_ip = match src_ip {
+        IpAddr::V6(v6) => v6.to_ipv4_mapped().map(IpAddr::V4).unwrap_or(src_ip),
+        v4 => v4,
+    };
+    let rport_requested = matches!(via.rport, Some(None));
+    let sent_by_is_src = std::str::from_utf8(via.host)
+        .ok()
+        .map(|h| h.trim_start_matches('[').trim_end_matches(']'))
+        .and_then(|h| h.parse::<IpAddr>().ok())
+        == Some(src_ip);
+    for (n, v) in params(via.params) {
+        if n.eq_ignore_ascii_case(b"received") || (n.eq_ignore_ascii_case(b"rport") && v.is_none()) {
+            continue;
+        }
+        out.push(b';');
+        out.extend_from_slice(n);
+        if let Some(v) = v {
+            out.push(b'=');
+            out.extend_from_slice(v);
+        }
+    }
+    if rport_requested || !sent_by_is_src {
+        // `received` carries the bare address, IPv6 without brackets (RFC 3261 §18.2.1).
+        let _ = write!(out, ";received={src_ip}");
+    }
+    if rport_requested {
+        let _ = write!(out, ";rport={}", src.port());
+    }
+}
+
+/// Where a response to this request goes (RFC 3261 §18.2.2 for UDP, RFC 3581 §4):
+/// with `rport` to the source address and port; else to `received` (or the source address)
+/// at the sent-by port, default 5060.
+pub fn response_destination(hot: &Hot<'_>, src: SocketAddr) -> SocketAddr {
+    if hot.via.rport.is_some() {
+        return src;
+    }
+    // Without rport we still send to the packet's source address (what `received` would
+    // say), at the port the client advertised.
+    SocketAddr::new(src.ip(), hot.via.port.unwrap_or(5060))
+}
+
+/// A deterministic To tag for a request: a retransmission or a stateless re-answer gets the
+/// same tag. FNV-1a over Call-ID, From tag and the branch.
+pub fn local_tag(hot: &Hot<'_>) -> u64 {
+    let mut h: u64 = 0xcbf29ce484222325;
+    for part in [hot.call_id, hot.from.tag().unwrap_or(b""), hot.via.branch.unwrap_or(b"")] {
+        for &b in part {
+            h ^= b as u64;
+            h = h.wrapping_mul(0x100000001b3);
+        }
+        h ^= 0xff;
+        h = h.wrapping_mul(0x100000001b3);
+    }
+    h
+}
+
+/// Response head: status line, Via (top one rewritten), From, To (with our tag unless the
+/// request had one or this is a 100), Call-ID, CSeq. The caller appends its own headers and
+/// then calls [`finish`].
+pub fn response_head(out: &mut Vec<u8>, req: &Message<'_>, hot: &Hot<'_>, src: SocketAddr, code: u16, reason: &str) {
+    out.reserve(512);
+    let _ = write!(out, "SIP/2.0 {code} {reason}\r\n");
+    let mut first = true;
+    for line in req.header_lines(HeaderName::Via) {
+        out.extend_from_slice(b"Via: ");
+        if first {
+            first = false;
+            write_top_via(out, hot, src);
+            // The rest of the first Via line (further comma-separated values).
+            let mut items = super::fields::split_list(line);
+            items.next();
+            for item in items {
+                out.extend_from_slice(b", ");
+                out.extend_from_slice(item);
+            }
+        } else {
+            out.extend_from_slice(line);
+        }
+        out.extend_from_slice(b"\r\n");
+    }
+    out.extend_from_slice(b"From: ");
+    out.extend_from_slice(req.header(HeaderName::From).unwrap_or(b""));
+    out.extend_from_slice(b"\r\nTo: ");
+    out.extend_from_slice(req.header(HeaderName::To).unwrap_or(b""));
+    if hot.to.tag().is_none() && code > 100 {
+        let _ = write!(out, ";tag={:016x}", local_tag(hot));
+    }
+    out.extend_from_slice(b"\r\nCall-ID: ");
+    out.extend_from_slice(hot.call_id);
+    out.extend_from_slice(b"\r\nCSeq: ");
+    let _ = write!(out, "{} ", hot.cseq.seq);
+    out.extend_from_slice(hot.cseq.method);
+    out.extend_from_slice(b"\r\n");
+}
+
+/// Server header, Content-Length and the body.
+pub fn finish(out: &mut Vec<u8>, server: &str, body: &[u8]) {
+    if !server.is_empty() {
+        out.extend_from_slice(b"Server: ");
+        out.extend_from_slice(server.as_bytes());
+        out.extend_from_slice(b"\r\n");
+    }
+    let _ = write!(out, "Content-Length: {}\r\n\r\n", body.len());
+    out.extend_from_slice(body);
+}
+
+/// A complete response with no extra headers.
+pub fn simple_response(req: &Message<'_>, hot: &Hot<'_>, src: SocketAddr, code: u16, reason: &str, server: &str) -> Vec<u8> {
+    let mut out = Vec::with_capacity(512);
+    response_head(&mut out, req, hot, src, code, reason);
+    finish(&mut out, server, b"");
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::msg::parse;
+
+    #[test]
+    fn copies_headers_and_fills_received_rport() {
+        let raw = b"OPTIONS sip:x@example.test SIP/2.0\r\n\
+Via: SIP/2.0/UDP phone.example.test:5062;rport;branch=z9hG4bKa, SIP/2.0/UDP 10.0.0.1;branch=z9hG4bKb\r\n\
+Via: SIP/2.0/UDP 10.0.0.2;branch=z9hG4bKc\r\n\
+From: <sip:a@example.test>;tag=f1\r\nTo: <sip:x@example.test>\r\nCall-ID: cid\r\nCSeq: 7 OPTIONS\r\n\r\n";
+        let mut s = Vec::new();
+        let m = parse(raw, &mut s).unwrap();
+        let hot = m.hot.unwrap();
+        let src: SocketAddr = "192.0.2.55:40000".parse().unwrap();
+        let out = simple_response(&m, &hot, src, 200, "OK", "turnstile");
+        let text = String::from_utf8(out).unwrap();
+        assert!(text.starts_with("SIP/2.0 200 OK\r\n"), "{text}");
+        assert!(
+            text.contains("Via: SIP/2.0/UDP phone.example.test:5062;branch=z9hG4bKa;received=192.0.2.55;rport=40000, SIP/2.0/UDP 10.0.0.1;branch=z9hG4bKb\r\n"),
+            "{text}"
+        );
+        assert!(text.contains("Via: SIP/2.0/UDP 10.0.0.2;branch=z9hG4bKc\r\n"));
+        assert!(text.contains("To: <sip:x@example.test>;tag="));
+        assert!(text.contains("CSeq: 7 OPTIONS\r\n"));
+        assert!(text.ends_with("Content-Length: 0\r\n\r\n"));
+        assert_eq!(response_destination(&hot, src), src);
+        // The built response parses back.
+        let mut s2 = Vec::new();
+        let back = parse(text.as_bytes(), &mut s2).unwrap();
+        assert_eq!(back.status(), Some(200));
+    }
+
+    #[test]
+    fn no_received_when_sent_by_matches_and_no_rport() {
+        let raw = b"OPTIONS sip:x@y SIP/2.0\r\nVia: SIP/2.0/UDP 192.0.2.55:5070;branch=z9hG4bKa\r\n\
+From: <sip:a@y>;tag=1\r\nTo: <sip:x@y>;tag=2\r\nCall-ID: c\r\nCSeq: 1 OPTIONS\r\n\r\n";
+        let mut s = Vec::new();
+        let m = parse(raw, &mut s).unwrap();
+        let hot = m.hot.unwrap();
+        let src: SocketAddr = "192.0.2.55:40000".parse().unwrap();
+        let text = String::from_utf8(simple_response(&m, &hot, src, 200, "OK", "")).unwrap();
+        assert!(text.contains("Via: SIP/2.0/UDP 192.0.2.55:5070;branch=z9hG4bKa\r\n"), "{text}");
+        assert!(text.contains("To: <sip:x@y>;tag=2\r\n"), "existing To tag kept: {text}");
+        assert_eq!(response_destination(&hot, src), "192.0.2.55:5070".parse().unwrap());
+    }
+}
