@@ -1,1 +1,2 @@
 //! Helpers for end-to-end tests: start the real `turnstile` binary, talk UDP to it.
+pub mod rfc4475;
