@@ -1,4 +1,32 @@
 //! The location service and REGISTER processing (RFC 3261 §10.3).
+//!
+//! Implements, over plain data extracted by the message layer:
+//! - RFC 3261 §10.3 steps 6–8: `Contact: *` rules, expiry precedence (contact `expires`
+//!   param > Expires header > default), 423 Interval Too Brief (§10.3 step 7, §21.4.17),
+//!   shortening to the maximum, per-binding Call-ID/CSeq ordering, all-or-nothing commit,
+//!   and the list of all current bindings for the 200 OK.
+//! - RFC 5626 §6 / RFC 5627: a contact with `+sip.instance` (and `reg-id`) replaces the
+//!   binding with the same instance (and reg-id) even when the URI differs.
+//! - RFC 3327: the Path of the REGISTER is stored with each binding.
+//!
+//! Storage is sharded by AOR hash; one AOR's update happens entirely under its shard's
+//! lock, so updates to one AOR are atomic and applied in arrival order. See `store.rs` for
+//! the compact layout and `snapshot.rs` for persistence.
+
+mod snapshot;
+mod store;
+
+pub use snapshot::{SnapshotError, SnapshotStats};
+
+use ahash::RandomState;
+use hashbrown::HashTable;
+use parking_lot::Mutex;
+use smallvec::SmallVec;
+use std::collections::BTreeSet;
+use std::net::SocketAddr;
+
+use crate::time::Millis;
+use store::{AorRecord, Binding, PathSrc, Strs, MAX_SLOTS, PATH_SEP, Q_NONE};
 
 /// `[registrar]` of the config (DESIGN.md), already validated by the daemon.
 #[derive(Clone, Debug)]
@@ -23,5 +51,1507 @@ impl Default for RegistrarConfig {
             max_contacts_per_aor: 10,
             expires_jitter_percent: 0,
         }
+    }
+}
+
+/// Transport the REGISTER arrived on (stored to reach the UA later).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Default)]
+#[repr(u8)]
+pub enum Transport {
+    #[default]
+    Udp = 0,
+    Tcp = 1,
+    Tls = 2,
+    Sctp = 3,
+    Ws = 4,
+    Wss = 5,
+}
+
+impl Transport {
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            Transport::Udp => "UDP",
+            Transport::Tcp => "TCP",
+            Transport::Tls => "TLS",
+            Transport::Sctp => "SCTP",
+            Transport::Ws => "WS",
+            Transport::Wss => "WSS",
+        }
+    }
+
+    pub const fn from_u8(v: u8) -> Option<Transport> {
+        Some(match v {
+            0 => Transport::Udp,
+            1 => Transport::Tcp,
+            2 => Transport::Tls,
+            3 => Transport::Sctp,
+            4 => Transport::Ws,
+            5 => Transport::Wss,
+            _ => return None,
+        })
+    }
+}
+
+/// One Contact of a REGISTER, already parsed by the message layer.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct ContactReq<'a> {
+    /// The addr-spec inside `<>` as received (echoed back in the 200 OK).
+    pub uri: &'a str,
+    /// Canonical comparison key per RFC 3261 §19.1.4, computed by the caller.
+    pub key: &'a str,
+    /// `;expires=` (None if absent or invalid).
+    pub expires: Option<u32>,
+    /// q × 1000, 0..=1000. None: unspecified (ordered as 1.0, not echoed).
+    pub q: Option<u16>,
+    /// `+sip.instance` value as received (e.g. `"<urn:uuid:…>"`), RFC 5626.
+    pub instance: Option<&'a str>,
+    /// `reg-id`, RFC 5626.
+    pub reg_id: Option<u32>,
+}
+
+/// A REGISTER reduced to what §10.3 needs.
+#[derive(Clone, Copy, Debug)]
+pub struct RegisterReq<'a> {
+    /// Canonical AOR (e.g. `sip:alice@example.test`), computed by the caller.
+    pub aor: &'a str,
+    pub call_id: &'a str,
+    pub cseq: u32,
+    /// `Contact: *`.
+    pub star: bool,
+    /// Empty (and `star == false`): a query, bindings are returned unchanged.
+    pub contacts: &'a [ContactReq<'a>],
+    pub expires_header: Option<u32>,
+    pub source: SocketAddr,
+    pub transport: Transport,
+    /// Path header values in order (RFC 3327), stored with every binding of the request.
+    pub path: &'a [&'a str],
+    /// IP Group id of the source.
+    pub group: u16,
+}
+
+/// Why a REGISTER was refused. Nothing was changed in any of these cases.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum RegisterError {
+    /// 423 Interval Too Brief, with `Min-Expires: min_expires`.
+    IntervalTooBrief { min_expires: u32 },
+    /// 400 with this reason phrase.
+    BadRequest(&'static str),
+    /// Same Call-ID as a stored binding and a lower CSeq (§10.3 step 7: "the update MUST be
+    /// aborted and the request fails"). Suggested answer: 500 Server Internal Error
+    /// ("Out of order CSeq"), as the RFC names no code.
+    OutOfOrder,
+    /// Same Call-ID and the *same* CSeq as a stored binding: by §10.3 also aborted, but this is
+    /// almost always a retransmission that no transaction layer absorbed. `register_into`
+    /// still fills `out` with the current bindings, so the engine may re-answer 200 OK.
+    Duplicate,
+    /// The AOR would hold more than `max_contacts_per_aor` bindings. Rejected rather than
+    /// evicting the oldest, as Kamailio's `max_contacts` does: suggested answer
+    /// 503 "Too many registered contacts".
+    TooManyContacts { max: usize },
+    /// The location service is out of capacity (slots per shard, or 64 KiB per AOR). 503.
+    Full,
+}
+
+/// What a successful REGISTER changed (for metrics and per-group accounting).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct RegisterOk {
+    pub added: u16,
+    pub refreshed: u16,
+    pub removed: u16,
+    /// The AOR had no binding before and has one now.
+    pub aor_created: bool,
+    /// The AOR had bindings before and has none now.
+    pub aor_removed: bool,
+}
+
+/// Result of [`Registrar::register`]: the flat form the engine matches on.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum RegisterOutcome {
+    /// 200 OK listing these bindings (all current bindings of the AOR).
+    Ok(Bindings),
+    IntervalTooBrief {
+        min_expires: u32,
+    },
+    BadRequest(&'static str),
+    OutOfOrder,
+    /// See [`RegisterError::Duplicate`]; carries the current bindings.
+    Duplicate(Bindings),
+    TooManyContacts {
+        max: usize,
+    },
+    Full,
+}
+
+/// The current bindings of one AOR as the 200 OK needs them (RFC 3261 §10.3 step 8).
+/// Reusable: keep one per worker and pass it to [`Registrar::register_into`]; after warm-up
+/// filling it does not allocate.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Bindings {
+    text: String,
+    items: SmallVec<[Item; 2]>,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct Item {
+    uri_end: u32,
+    inst_end: u32,
+    expires: u32,
+    reg_id: Option<u32>,
+    q: Option<u16>,
+}
+
+/// One entry of [`Bindings`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct GrantedBinding<'a> {
+    pub uri: &'a str,
+    /// Remaining seconds (rounded up) — the `expires` param to send.
+    pub expires: u32,
+    pub q: Option<u16>,
+    pub instance: Option<&'a str>,
+    pub reg_id: Option<u32>,
+}
+
+impl Bindings {
+    pub fn new() -> Self {
+        Self::default()
+    }
+    pub fn clear(&mut self) {
+        self.text.clear();
+        self.items.clear();
+    }
+    pub fn len(&self) -> usize {
+        self.items.len()
+    }
+    pub fn is_empty(&self) -> bool {
+        self.items.is_empty()
+    }
+    pub fn get(&self, i: usize) -> Option<GrantedBinding<'_>> {
+        let it = self.items.get(i)?;
+        let start = if i == 0 {
+            0
+        } else {
+            self.items[i - 1].inst_end as usize
+        };
+        let uri = &self.text[start..it.uri_end as usize];
+        let inst = &self.text[it.uri_end as usize..it.inst_end as usize];
+        Some(GrantedBinding {
+            uri,
+            expires: it.expires,
+            q: it.q,
+            instance: (!inst.is_empty()).then_some(inst),
+            reg_id: it.reg_id,
+        })
+    }
+    /// In lookup order: q descending, then most recently refreshed first.
+    pub fn iter(&self) -> impl Iterator<Item = GrantedBinding<'_>> + '_ {
+        (0..self.items.len()).filter_map(move |i| self.get(i))
+    }
+
+    fn fill(&mut self, rec: &AorRecord, now: Millis) {
+        self.clear();
+        for i in rec.ordered(now.0) {
+            let b = &rec.bindings[i as usize];
+            self.text.push_str(rec.uri(b));
+            let uri_end = self.text.len() as u32;
+            self.text.push_str(rec.instance(b));
+            self.items.push(Item {
+                uri_end,
+                inst_end: self.text.len() as u32,
+                expires: now.secs_until(Millis(b.expires_at)).min(u32::MAX as u64) as u32,
+                reg_id: b.reg_id(),
+                q: b.q(),
+            });
+        }
+    }
+}
+
+/// A binding as stored, borrowed under the shard lock (visitor APIs).
+#[derive(Clone, Copy, Debug)]
+pub struct BindingRef<'a> {
+    pub aor: &'a str,
+    pub uri: &'a str,
+    pub key: &'a str,
+    pub call_id: &'a str,
+    pub cseq: u32,
+    pub q: Option<u16>,
+    pub expires_at: Millis,
+    /// Time of the REGISTER that created or last refreshed the binding.
+    pub registered_at: Millis,
+    pub source: SocketAddr,
+    pub transport: Transport,
+    pub group: u16,
+    pub instance: Option<&'a str>,
+    pub reg_id: Option<u32>,
+    path_joined: &'a str,
+}
+
+impl<'a> BindingRef<'a> {
+    fn new(rec: &'a AorRecord, b: &Binding) -> Self {
+        let inst = rec.instance(b);
+        BindingRef {
+            aor: rec.aor(),
+            uri: rec.uri(b),
+            key: rec.key(b),
+            call_id: rec.call_id(b),
+            cseq: b.cseq,
+            q: b.q(),
+            expires_at: Millis(b.expires_at),
+            registered_at: Millis(b.updated_at),
+            source: b.source(),
+            transport: Transport::from_u8(b.transport).unwrap_or_default(),
+            group: b.group,
+            instance: (!inst.is_empty()).then_some(inst),
+            reg_id: b.reg_id(),
+            path_joined: rec.path(b),
+        }
+    }
+
+    /// Path entries in order (RFC 3327), to become the Route set toward the UA.
+    pub fn path(&self) -> impl Iterator<Item = &'a str> + 'a {
+        let p = self.path_joined;
+        p.split(PATH_SEP).filter(move |_| !p.is_empty())
+    }
+
+    /// Remaining lifetime in whole seconds, rounded up.
+    pub fn expires_in(&self, now: Millis) -> u32 {
+        now.secs_until(self.expires_at).min(u32::MAX as u64) as u32
+    }
+
+    pub fn to_view(&self) -> BindingView {
+        BindingView {
+            aor: self.aor.into(),
+            uri: self.uri.into(),
+            key: self.key.into(),
+            call_id: self.call_id.into(),
+            cseq: self.cseq,
+            q: self.q,
+            expires_at: self.expires_at,
+            registered_at: self.registered_at,
+            source: self.source,
+            transport: self.transport,
+            group: self.group,
+            instance: self.instance.map(Into::into),
+            reg_id: self.reg_id,
+            path: self.path().map(Into::into).collect(),
+        }
+    }
+}
+
+/// An owned copy of a binding (from [`Registrar::lookup`]).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct BindingView {
+    pub aor: String,
+    pub uri: String,
+    pub key: String,
+    pub call_id: String,
+    pub cseq: u32,
+    pub q: Option<u16>,
+    pub expires_at: Millis,
+    pub registered_at: Millis,
+    pub source: SocketAddr,
+    pub transport: Transport,
+    pub group: u16,
+    pub instance: Option<String>,
+    pub reg_id: Option<u32>,
+    pub path: Vec<String>,
+}
+
+impl BindingView {
+    pub fn expires_in(&self, now: Millis) -> u32 {
+        now.secs_until(self.expires_at).min(u32::MAX as u64) as u32
+    }
+}
+
+/// Contacts one request may carry (more: TooManyContacts).
+const MAX_CONTACTS_PER_REQUEST: usize = 256;
+/// Longest single string accepted (URI, key, Call-ID, instance, AOR, Path total).
+const MAX_STR: usize = 4096;
+/// Expiry work done per lock acquisition in `expire`, so workers are not stalled.
+const EXPIRE_BATCH: usize = 1024;
+
+#[repr(align(64))]
+struct Padded(Mutex<Shard>);
+
+#[derive(Default)]
+struct Shard {
+    table: HashTable<u32>,
+    slab: Vec<AorRecord>,
+    free: Vec<u32>,
+    /// One packed (earliest expiry, slot) per AOR.
+    index: BTreeSet<u64>,
+    bindings: usize,
+}
+
+/// The location service: AOR → bindings, shared by all workers.
+pub struct Registrar {
+    cfg: RegistrarConfig,
+    hasher: RandomState,
+    shards: Box<[Padded]>,
+    mask: usize,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Target {
+    Existing(u16),
+    New,
+    /// Superseded by a later contact of the same request with the same identity.
+    Skip,
+}
+
+impl Registrar {
+    /// `shards` is rounded up to a power of two (1..=4096); 64–256 suits a few workers.
+    pub fn new(cfg: RegistrarConfig, shards: usize) -> Self {
+        let n = shards.clamp(1, 4096).next_power_of_two();
+        Registrar {
+            cfg,
+            hasher: RandomState::new(),
+            shards: (0..n)
+                .map(|_| Padded(Mutex::new(Shard::default())))
+                .collect(),
+            mask: n - 1,
+        }
+    }
+
+    pub fn config(&self) -> &RegistrarConfig {
+        &self.cfg
+    }
+
+    fn hash(&self, aor: &str) -> u64 {
+        self.hasher.hash_one(aor)
+    }
+
+    fn shard(&self, hash: u64) -> &Mutex<Shard> {
+        // hashbrown uses the low bits for the bucket and the top 7 for tags; take the middle.
+        &self.shards[(hash >> 32) as usize & self.mask].0
+    }
+
+    /// Granted lifetime for a nonzero requested one that passed the 423 check.
+    fn grant(&self, requested: u32, jitter: u32) -> u32 {
+        let c = &self.cfg;
+        let g = requested.min(c.max_expires);
+        let pct = c.expires_jitter_percent.min(100) as u64;
+        let g = if pct == 0 {
+            g
+        } else {
+            let span = g as u64 * pct / 100;
+            let cut = (span * jitter as u64 / u32::MAX as u64) as u32;
+            (g - cut).max(g.min(c.min_expires))
+        };
+        g.max(1)
+    }
+
+    /// RFC 3261 §10.3 steps 6–8 for one REGISTER. `jitter` is a uniformly random value from
+    /// the caller (used only when `expires_jitter_percent > 0`).
+    pub fn register(&self, now: Millis, req: &RegisterReq<'_>, jitter: u32) -> RegisterOutcome {
+        let mut out = Bindings::new();
+        match self.register_into(now, req, jitter, &mut out) {
+            Ok(_) => RegisterOutcome::Ok(out),
+            Err(RegisterError::IntervalTooBrief { min_expires }) => {
+                RegisterOutcome::IntervalTooBrief { min_expires }
+            }
+            Err(RegisterError::BadRequest(r)) => RegisterOutcome::BadRequest(r),
+            Err(RegisterError::OutOfOrder) => RegisterOutcome::OutOfOrder,
+            Err(RegisterError::Duplicate) => RegisterOutcome::Duplicate(out),
+            Err(RegisterError::TooManyContacts { max }) => RegisterOutcome::TooManyContacts { max },
+            Err(RegisterError::Full) => RegisterOutcome::Full,
+        }
+    }
+
+    /// Allocation-free form of [`register`](Self::register): on success (and on
+    /// `Duplicate`) `out` holds every current binding of the AOR for the 200 OK; on any
+    /// other error `out` is empty. Nothing changes unless `Ok` is returned.
+    pub fn register_into(
+        &self,
+        now: Millis,
+        req: &RegisterReq<'_>,
+        jitter: u32,
+        out: &mut Bindings,
+    ) -> Result<RegisterOk, RegisterError> {
+        out.clear();
+        let grants = self.validate(req, jitter)?;
+        let hash = self.hash(req.aor);
+        let mut shard = self.shard(hash).lock();
+        shard.register(hash, now, req, &grants, &self.cfg, out, &self.hasher)
+    }
+
+    /// Everything that does not depend on stored state: syntax-level rules, then 423.
+    /// Returns the granted seconds per contact (0 = remove).
+    fn validate(
+        &self,
+        req: &RegisterReq<'_>,
+        jitter: u32,
+    ) -> Result<SmallVec<[u32; 4]>, RegisterError> {
+        use RegisterError::BadRequest;
+        if req.aor.is_empty() || req.aor.len() > MAX_STR {
+            return Err(BadRequest("Invalid address of record"));
+        }
+        if req.call_id.is_empty() || req.call_id.len() > MAX_STR {
+            return Err(BadRequest("Invalid Call-ID"));
+        }
+        let path_len = PathSrc::List(req.path).len();
+        if path_len > MAX_STR
+            || req
+                .path
+                .iter()
+                .any(|p| p.is_empty() || p.contains(PATH_SEP))
+        {
+            return Err(BadRequest("Invalid Path"));
+        }
+        if req.star {
+            // §10.3 step 6.
+            if !req.contacts.is_empty() {
+                return Err(BadRequest("Contact * must be the only contact"));
+            }
+            if req.expires_header != Some(0) {
+                return Err(BadRequest("Contact * requires Expires: 0"));
+            }
+            return Ok(SmallVec::new());
+        }
+        if req.contacts.len() > MAX_CONTACTS_PER_REQUEST {
+            return Err(RegisterError::TooManyContacts {
+                max: self.cfg.max_contacts_per_aor,
+            });
+        }
+        let mut grants = SmallVec::with_capacity(req.contacts.len());
+        let mut too_brief = false;
+        for c in req.contacts {
+            if c.uri.is_empty() || c.uri.len() > MAX_STR || c.key.len() > MAX_STR {
+                return Err(BadRequest("Invalid Contact URI"));
+            }
+            if c.q.is_some_and(|q| q > 1000) {
+                return Err(BadRequest("Invalid q value"));
+            }
+            if c.instance
+                .is_some_and(|i| i.is_empty() || i.len() > MAX_STR)
+            {
+                return Err(BadRequest("Invalid +sip.instance"));
+            }
+            // §10.3 step 7: param, else header, else the local default.
+            let requested = c
+                .expires
+                .or(req.expires_header)
+                .unwrap_or(self.cfg.default_expires);
+            if requested == 0 {
+                grants.push(0);
+                continue;
+            }
+            if requested < self.cfg.min_expires {
+                too_brief = true;
+            }
+            grants.push(self.grant(requested, jitter));
+        }
+        if too_brief {
+            return Err(RegisterError::IntervalTooBrief {
+                min_expires: self.cfg.min_expires,
+            });
+        }
+        Ok(grants)
+    }
+
+    /// Bindings of `aor` alive at `now`, by q descending then most recently refreshed first.
+    pub fn lookup(&self, aor: &str, now: Millis) -> Vec<BindingView> {
+        let mut v = Vec::new();
+        self.lookup_with(aor, now, |b| v.push(b.to_view()));
+        v
+    }
+
+    /// Zero-copy [`lookup`](Self::lookup): `f` runs under the shard lock (keep it short, and
+    /// never call back into the registrar from it). Returns the number visited.
+    pub fn lookup_with(&self, aor: &str, now: Millis, mut f: impl FnMut(&BindingRef<'_>)) -> usize {
+        let hash = self.hash(aor);
+        let shard = self.shard(hash).lock();
+        let Some(&slot) = shard.find(hash, aor) else {
+            return 0;
+        };
+        let rec = &shard.slab[slot as usize];
+        let order = rec.ordered(now.0);
+        for &i in &order {
+            f(&BindingRef::new(rec, &rec.bindings[i as usize]));
+        }
+        order.len()
+    }
+
+    /// Removes every binding with `expires_at <= now`; returns how many. Cost is
+    /// O(expired · log n): only index entries that are due are touched.
+    pub fn expire(&self, now: Millis) -> usize {
+        let mut total = 0;
+        for s in self.shards.iter() {
+            loop {
+                let mut shard = s.0.lock();
+                let (n, more) = shard.expire(now.0, EXPIRE_BATCH, &self.hasher);
+                total += n;
+                if !more {
+                    break;
+                }
+                // Let workers in between batches.
+                drop(shard);
+            }
+        }
+        total
+    }
+
+    /// Earliest binding expiry (possibly already past), if any binding exists.
+    pub fn next_expiry(&self) -> Option<Millis> {
+        self.shards
+            .iter()
+            .filter_map(|s| {
+                s.0.lock()
+                    .index
+                    .first()
+                    .map(|&k| Millis(store::unpack(k).0))
+            })
+            .min()
+    }
+
+    /// Number of AORs with at least one stored binding (expired but not yet purged included).
+    pub fn aor_count(&self) -> usize {
+        self.shards.iter().map(|s| s.0.lock().table.len()).sum()
+    }
+
+    /// Same as [`aor_count`](Self::aor_count).
+    pub fn len(&self) -> usize {
+        self.aor_count()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.aor_count() == 0
+    }
+
+    /// Stored bindings (expired but not yet purged included).
+    pub fn binding_count(&self) -> usize {
+        self.shards.iter().map(|s| s.0.lock().bindings).sum()
+    }
+
+    /// Visits every binding alive at `now`, one shard at a time (each shard under its lock, so
+    /// each AOR is seen consistently). For `show registrations`.
+    pub fn for_each_binding(&self, now: Millis, mut f: impl FnMut(&BindingRef<'_>)) {
+        for s in self.shards.iter() {
+            let shard = s.0.lock();
+            for &slot in shard.table.iter() {
+                let rec = &shard.slab[slot as usize];
+                for i in rec.ordered(now.0) {
+                    f(&BindingRef::new(rec, &rec.bindings[i as usize]));
+                }
+            }
+        }
+    }
+
+    /// Removes every binding of `aor` unconditionally (administrative); returns how many.
+    pub fn remove_aor(&self, aor: &str) -> usize {
+        let hash = self.hash(aor);
+        let mut shard = self.shard(hash).lock();
+        let Some(&slot) = shard.find(hash, aor) else {
+            return 0;
+        };
+        let n = shard.slab[slot as usize].bindings.len();
+        shard.replace(hash, slot, AorRecord::default());
+        n
+    }
+
+    /// Replaces the whole record of an AOR (snapshot restore). Returns bindings stored.
+    fn put_record(&self, rec: AorRecord) -> Result<usize, RegisterError> {
+        let hash = self.hash(rec.aor());
+        let mut shard = self.shard(hash).lock();
+        let n = rec.bindings.len();
+        let aor = rec.aor();
+        match shard.find(hash, aor) {
+            Some(&slot) => shard.replace(hash, slot, rec),
+            None => {
+                shard.insert_new(hash, rec, &self.hasher)?;
+            }
+        }
+        Ok(n)
+    }
+}
+
+impl Shard {
+    fn find(&self, hash: u64, aor: &str) -> Option<&u32> {
+        self.table
+            .find(hash, |&s| self.slab[s as usize].aor() == aor)
+    }
+
+    /// Puts `rec` at `slot` (keeping table, index and counters right); an empty `rec`
+    /// removes the AOR.
+    fn replace(&mut self, hash: u64, slot: u32, rec: AorRecord) {
+        let old = &mut self.slab[slot as usize];
+        let old_key = old.index_key(slot);
+        self.bindings -= old.bindings.len();
+        self.bindings += rec.bindings.len();
+        *old = rec;
+        let new_key = old.index_key(slot);
+        if old_key != new_key {
+            if let Some(k) = old_key {
+                self.index.remove(&k);
+            }
+            if let Some(k) = new_key {
+                self.index.insert(k);
+            }
+        }
+        if new_key.is_none() {
+            if let Ok(e) = self.table.find_entry(hash, |&s| s == slot) {
+                e.remove();
+            }
+            self.free.push(slot);
+        }
+    }
+
+    /// Stores a record for an AOR not in the table yet.
+    fn insert_new(
+        &mut self,
+        hash: u64,
+        rec: AorRecord,
+        hasher: &RandomState,
+    ) -> Result<u32, RegisterError> {
+        let slot = match self.free.pop() {
+            Some(s) => s,
+            None if self.slab.len() < MAX_SLOTS => {
+                self.slab.push(AorRecord::default());
+                (self.slab.len() - 1) as u32
+            }
+            None => return Err(RegisterError::Full),
+        };
+        self.bindings += rec.bindings.len();
+        if let Some(k) = rec.index_key(slot) {
+            self.index.insert(k);
+        }
+        self.slab[slot as usize] = rec;
+        let Shard { table, slab, .. } = self;
+        table.insert_unique(hash, slot, |&s| hasher.hash_one(slab[s as usize].aor()));
+        Ok(slot)
+    }
+
+    /// Pops due index entries (at most `budget`); returns (bindings removed, more due).
+    fn expire(&mut self, now: u64, budget: usize, hasher: &RandomState) -> (usize, bool) {
+        let mut removed = 0;
+        for _ in 0..budget {
+            let Some(&key) = self.index.first() else {
+                return (removed, false);
+            };
+            let (at, slot) = store::unpack(key);
+            if at > now {
+                return (removed, false);
+            }
+            self.index.pop_first();
+            let rec = &mut self.slab[slot as usize];
+            let hash = hasher.hash_one(rec.aor());
+            let n = rec.purge(now);
+            removed += n;
+            self.bindings -= n;
+            if let Some(k) = rec.index_key(slot) {
+                self.index.insert(k);
+            } else {
+                if let Ok(e) = self.table.find_entry(hash, |&s| s == slot) {
+                    e.remove();
+                }
+                self.free.push(slot);
+            }
+        }
+        (removed, true)
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn register(
+        &mut self,
+        hash: u64,
+        now: Millis,
+        req: &RegisterReq<'_>,
+        grants: &[u32],
+        cfg: &RegistrarConfig,
+        out: &mut Bindings,
+        hasher: &RandomState,
+    ) -> Result<RegisterOk, RegisterError> {
+        let found = self.find(hash, req.aor).copied();
+        let Some(slot) = found else {
+            // No bindings yet: only additions can happen.
+            let mut rec = AorRecord::default();
+            let res = update(&mut rec, now, req, grants, cfg, out);
+            if res.is_ok() && !rec.bindings.is_empty() {
+                self.insert_new(hash, rec, hasher)?;
+            }
+            return res;
+        };
+        let rec = &mut self.slab[slot as usize];
+        let old_key = rec.index_key(slot);
+        let before = rec.bindings.len();
+        // Expired bindings no longer exist (§10.3): drop them first so they neither conflict
+        // on Call-ID/CSeq nor count against max_contacts. Kept even if the update fails.
+        rec.purge(now.0);
+        let res = update(rec, now, req, grants, cfg, out);
+        let after = rec.bindings.len();
+        let new_key = rec.index_key(slot);
+        self.bindings = self.bindings + after - before;
+        if old_key != new_key {
+            if let Some(k) = old_key {
+                self.index.remove(&k);
+            }
+            if let Some(k) = new_key {
+                self.index.insert(k);
+            }
+        }
+        if after == 0 {
+            if let Ok(e) = self.table.find_entry(hash, |&s| s == slot) {
+                e.remove();
+            }
+            self.free.push(slot);
+        }
+        res
+    }
+}
+
+/// Identity of a contact for matching (RFC 5626 §6: instance + reg-id; else the URI key).
+fn same_identity(a: &ContactReq<'_>, b: &ContactReq<'_>) -> bool {
+    match (a.instance, b.instance) {
+        (Some(x), Some(y)) => x == y && a.reg_id == b.reg_id,
+        (None, None) => a.key == b.key,
+        _ => false,
+    }
+}
+
+fn key_of<'a>(c: &ContactReq<'a>) -> &'a str {
+    if c.key.is_empty() {
+        c.uri
+    } else {
+        c.key
+    }
+}
+
+/// The stored binding a contact refers to, if any.
+fn find_binding(rec: &AorRecord, c: &ContactReq<'_>) -> Option<usize> {
+    let key = key_of(c);
+    if let Some(inst) = c.instance {
+        // RFC 5626 §6: same instance-id and reg-id is the same binding, whatever the URI.
+        if let Some(i) = rec
+            .bindings
+            .iter()
+            .position(|b| rec.instance(b) == inst && b.reg_id() == c.reg_id)
+        {
+            return Some(i);
+        }
+        // A UA that now sends an instance-id refreshes its old plain binding.
+        return rec
+            .bindings
+            .iter()
+            .position(|b| b.flags & store::F_INSTANCE == 0 && rec.key(b) == key);
+    }
+    rec.bindings.iter().position(|b| rec.key(b) == key)
+}
+
+/// Applies one REGISTER to one record, all or nothing (§10.3 steps 6–8). `rec` holds no
+/// expired bindings. On success `out` lists all current bindings.
+fn update(
+    rec: &mut AorRecord,
+    now: Millis,
+    req: &RegisterReq<'_>,
+    grants: &[u32],
+    cfg: &RegistrarConfig,
+    out: &mut Bindings,
+) -> Result<RegisterOk, RegisterError> {
+    let n_old = rec.bindings.len();
+    let mut ok = RegisterOk::default();
+
+    // Query: no Contact, just list.
+    if !req.star && req.contacts.is_empty() {
+        out.fill(rec, now);
+        return Ok(ok);
+    }
+
+    // Per-binding Call-ID/CSeq rule (§10.3 steps 6 and 7).
+    let mut duplicate = false;
+    let mut check = |b: &Binding| -> Result<(), RegisterError> {
+        if rec.call_id(b) == req.call_id {
+            if req.cseq < b.cseq {
+                return Err(RegisterError::OutOfOrder);
+            }
+            if req.cseq == b.cseq {
+                duplicate = true;
+            }
+        }
+        Ok(())
+    };
+
+    if req.star {
+        for b in rec.bindings.iter() {
+            check(b)?;
+        }
+        if duplicate {
+            out.fill(rec, now);
+            return Err(RegisterError::Duplicate);
+        }
+        ok.removed = n_old as u16;
+        ok.aor_removed = n_old > 0;
+        *rec = AorRecord::default();
+        return Ok(ok);
+    }
+
+    // Match every contact; a later contact with the same identity supersedes an earlier one.
+    let mut targets: SmallVec<[Target; 4]> = SmallVec::with_capacity(req.contacts.len());
+    for (i, c) in req.contacts.iter().enumerate() {
+        let t = match find_binding(rec, c) {
+            Some(j) => Target::Existing(j as u16),
+            None => Target::New,
+        };
+        for k in 0..i {
+            let same = match (targets[k], t) {
+                (Target::Existing(a), Target::Existing(b)) => a == b,
+                (Target::New, Target::New) => same_identity(&req.contacts[k], c),
+                _ => false,
+            };
+            if same {
+                targets[k] = Target::Skip;
+            }
+        }
+        if let Target::Existing(j) = t {
+            check(&rec.bindings[j as usize])?;
+        }
+        targets.push(t);
+    }
+    if duplicate {
+        out.fill(rec, now);
+        return Err(RegisterError::Duplicate);
+    }
+
+    // Count the result before touching anything.
+    let mut removed = 0usize;
+    let mut added = 0usize;
+    let mut strings_change = false;
+    for (i, t) in targets.iter().enumerate() {
+        let c = &req.contacts[i];
+        match *t {
+            Target::Existing(j) if grants[i] == 0 => {
+                let _ = j;
+                removed += 1;
+            }
+            Target::Existing(j) => {
+                let b = &rec.bindings[j as usize];
+                strings_change |= rec.uri(b) != c.uri
+                    || rec.key(b) != key_of(c)
+                    || rec.call_id(b) != req.call_id
+                    || rec.instance(b) != c.instance.unwrap_or("")
+                    || !PathSrc::List(req.path).eq_joined(rec.path(b));
+            }
+            Target::New if grants[i] > 0 => added += 1,
+            Target::New | Target::Skip => {}
+        }
+    }
+    let n_new = n_old - removed + added;
+    if n_new > cfg.max_contacts_per_aor && n_new > n_old {
+        // Growing past the limit is refused; an AOR already over it (limit lowered by a
+        // reload) can still refresh and shrink.
+        return Err(RegisterError::TooManyContacts {
+            max: cfg.max_contacts_per_aor,
+        });
+    }
+
+    let fresh = |c: &ContactReq<'_>, grant: u32, mut b: Binding| -> Binding {
+        b.expires_at = now.plus_secs(grant as u64).0;
+        b.updated_at = now.0;
+        b.set_source(req.source);
+        b.cseq = req.cseq;
+        b.reg_id = c.reg_id.unwrap_or(0);
+        if c.reg_id.is_some() {
+            b.flags |= store::F_REG_ID;
+        } else {
+            b.flags &= !store::F_REG_ID;
+        }
+        b.q = c.q.unwrap_or(Q_NONE);
+        b.group = req.group;
+        b.transport = req.transport as u8;
+        b
+    };
+
+    // Which contact (if any) updates each existing binding.
+    let mut by_existing: SmallVec<[Option<u16>; 4]> = SmallVec::from_elem(None, n_old);
+    for (i, t) in targets.iter().enumerate() {
+        if let Target::Existing(j) = *t {
+            by_existing[j as usize] = Some(i as u16);
+        }
+    }
+    ok.removed = removed as u16;
+    ok.added = added as u16;
+    ok.refreshed = targets
+        .iter()
+        .enumerate()
+        .filter(|(i, t)| matches!(t, Target::Existing(_)) && grants[*i] > 0)
+        .count() as u16;
+    ok.aor_created = n_old == 0 && n_new > 0;
+    ok.aor_removed = n_old > 0 && n_new == 0;
+
+    if removed == 0 && added == 0 && !strings_change {
+        // The hot refresh path: fixed-size fields only, in place.
+        for (j, by) in by_existing.iter().enumerate() {
+            if let Some(i) = *by {
+                let i = i as usize;
+                let b = rec.bindings[j].clone();
+                rec.bindings[j] = fresh(&req.contacts[i], grants[i], b);
+            }
+        }
+        out.fill(rec, now);
+        return Ok(ok);
+    }
+
+    // Rebuild the record: surviving/updated bindings in their order, then new ones.
+    fn req_strs<'a>(req: &RegisterReq<'a>, c: &ContactReq<'a>) -> Strs<'a> {
+        Strs {
+            uri: c.uri,
+            key: key_of(c),
+            call_id: req.call_id,
+            instance: c.instance.unwrap_or(""),
+            path: PathSrc::List(req.path),
+        }
+    }
+    let mut parts: SmallVec<[(Binding, Strs<'_>); 4]> = SmallVec::with_capacity(n_new);
+    for (j, by) in by_existing.iter().enumerate() {
+        let b = &rec.bindings[j];
+        match *by {
+            None => parts.push((b.clone(), rec.strs(b))),
+            Some(i) if grants[i as usize] == 0 => {}
+            Some(i) => {
+                let (i, c) = (i as usize, &req.contacts[i as usize]);
+                parts.push((fresh(c, grants[i], b.clone()), req_strs(req, c)));
+            }
+        }
+    }
+    for (i, t) in targets.iter().enumerate() {
+        if *t == Target::New && grants[i] > 0 {
+            let c = &req.contacts[i];
+            parts.push((fresh(c, grants[i], Binding::zeroed()), req_strs(req, c)));
+        }
+    }
+    let total = parts.iter().map(|(_, s)| s.blob_len()).sum();
+    let new_rec = if parts.is_empty() {
+        drop(parts);
+        AorRecord::default()
+    } else {
+        AorRecord::build(req.aor, total, parts).map_err(|_| RegisterError::Full)?
+    };
+    *rec = new_rec;
+    out.fill(rec, now);
+    Ok(ok)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const T0: Millis = Millis(1_800_000_000_000);
+    const AOR: &str = "sip:alice@example.test";
+
+    fn src() -> SocketAddr {
+        "127.0.0.1:5062".parse().unwrap()
+    }
+
+    fn c(uri: &str) -> ContactReq<'_> {
+        ContactReq {
+            uri,
+            key: uri,
+            ..Default::default()
+        }
+    }
+
+    fn c_exp(uri: &str, e: u32) -> ContactReq<'_> {
+        ContactReq {
+            expires: Some(e),
+            ..c(uri)
+        }
+    }
+
+    fn req<'a>(call_id: &'a str, cseq: u32, contacts: &'a [ContactReq<'a>]) -> RegisterReq<'a> {
+        RegisterReq {
+            aor: AOR,
+            call_id,
+            cseq,
+            star: false,
+            contacts,
+            expires_header: None,
+            source: src(),
+            transport: Transport::Udp,
+            path: &[],
+            group: 1,
+        }
+    }
+
+    fn reg() -> Registrar {
+        Registrar::new(RegistrarConfig::default(), 4)
+    }
+
+    fn ok(o: RegisterOutcome) -> Bindings {
+        match o {
+            RegisterOutcome::Ok(b) => b,
+            other => panic!("expected Ok, got {other:?}"),
+        }
+    }
+
+    fn uris(r: &Registrar, now: Millis) -> Vec<String> {
+        r.lookup(AOR, now).into_iter().map(|b| b.uri).collect()
+    }
+
+    #[test]
+    fn expiry_precedence_param_header_default() {
+        let r = reg();
+        let cs = [c_exp("sip:a@1.1.1.1", 300), c("sip:b@1.1.1.1")];
+        let mut q = req("cid", 1, &cs);
+        q.expires_header = Some(600);
+        let b = ok(r.register(T0, &q, 0));
+        let got: Vec<_> = b.iter().map(|g| (g.uri, g.expires)).collect();
+        assert!(got.contains(&("sip:a@1.1.1.1", 300)));
+        assert!(got.contains(&("sip:b@1.1.1.1", 600)));
+
+        let r = reg();
+        let cs = [c("sip:a@1.1.1.1")];
+        let b = ok(r.register(T0, &req("cid", 1, &cs), 0));
+        assert_eq!(b.get(0).unwrap().expires, 3600);
+    }
+
+    #[test]
+    fn too_brief_fails_whole_request_but_zero_is_fine() {
+        let r = reg();
+        let cs = [c_exp("sip:a@h", 3600), c_exp("sip:b@h", 59)];
+        assert_eq!(
+            r.register(T0, &req("cid", 1, &cs), 0),
+            RegisterOutcome::IntervalTooBrief { min_expires: 60 }
+        );
+        assert_eq!(r.binding_count(), 0);
+        // Header too brief applies to contacts without their own param.
+        let cs = [c("sip:a@h")];
+        let mut q = req("cid", 2, &cs);
+        q.expires_header = Some(30);
+        assert_eq!(
+            r.register(T0, &q, 0),
+            RegisterOutcome::IntervalTooBrief { min_expires: 60 }
+        );
+        // Exactly the minimum is fine; zero never is "too brief".
+        let cs = [c_exp("sip:a@h", 60), c_exp("sip:gone@h", 0)];
+        let b = ok(r.register(T0, &req("cid", 3, &cs), 0));
+        assert_eq!(b.len(), 1);
+        assert_eq!(b.get(0).unwrap().expires, 60);
+    }
+
+    #[test]
+    fn long_expiry_is_shortened() {
+        let r = reg();
+        let cs = [c_exp("sip:a@h", 999_999)];
+        let b = ok(r.register(T0, &req("cid", 1, &cs), 0));
+        assert_eq!(b.get(0).unwrap().expires, 7200);
+        assert_eq!(r.next_expiry(), Some(T0.plus_secs(7200)));
+    }
+
+    #[test]
+    fn jitter_reduces_but_not_below_min() {
+        let cfg = RegistrarConfig {
+            expires_jitter_percent: 20,
+            ..Default::default()
+        };
+        let r = Registrar::new(cfg, 4);
+        assert_eq!(r.grant(3600, 0), 3600);
+        assert_eq!(r.grant(3600, u32::MAX), 2880);
+        let mid = r.grant(3600, u32::MAX / 2);
+        assert!((3230..=3250).contains(&mid), "{mid}");
+        assert_eq!(r.grant(70, u32::MAX), 60);
+        let cs = [c_exp("sip:a@h", 3600)];
+        let b = ok(r.register(T0, &req("cid", 1, &cs), u32::MAX));
+        assert_eq!(b.get(0).unwrap().expires, 2880);
+    }
+
+    #[test]
+    fn star_rules() {
+        let r = reg();
+        let cs = [c("sip:a@h"), c("sip:b@h")];
+        ok(r.register(T0, &req("cid", 1, &cs), 0));
+        let mut star = req("cid", 2, &[]);
+        star.star = true;
+        assert!(matches!(
+            r.register(T0, &star, 0),
+            RegisterOutcome::BadRequest(_)
+        ));
+        star.expires_header = Some(60);
+        assert!(matches!(
+            r.register(T0, &star, 0),
+            RegisterOutcome::BadRequest(_)
+        ));
+        let one = [c("sip:x@h")];
+        let mut mixed = req("cid", 2, &one);
+        mixed.star = true;
+        mixed.expires_header = Some(0);
+        assert!(matches!(
+            r.register(T0, &mixed, 0),
+            RegisterOutcome::BadRequest(_)
+        ));
+        assert_eq!(r.binding_count(), 2);
+        // Same Call-ID, CSeq not higher: aborted, nothing removed.
+        star.expires_header = Some(0);
+        star.cseq = 0;
+        assert_eq!(r.register(T0, &star, 0), RegisterOutcome::OutOfOrder);
+        assert_eq!(r.binding_count(), 2);
+        star.cseq = 2;
+        let b = ok(r.register(T0, &star, 0));
+        assert!(b.is_empty());
+        assert_eq!((r.binding_count(), r.aor_count()), (0, 0));
+        assert_eq!(r.next_expiry(), None);
+        // A different Call-ID removes regardless of CSeq.
+        ok(r.register(T0, &req("cid", 10, &cs), 0));
+        let mut star2 = req("other", 1, &[]);
+        star2.star = true;
+        star2.expires_header = Some(0);
+        ok(r.register(T0, &star2, 0));
+        assert_eq!(r.binding_count(), 0);
+    }
+
+    #[test]
+    fn out_of_order_same_call_id_and_retransmission() {
+        let r = reg();
+        let cs = [c_exp("sip:a@h", 600)];
+        ok(r.register(T0, &req("cid", 5, &cs), 0));
+        let cs2 = [c_exp("sip:a@h", 1200)];
+        assert_eq!(
+            r.register(T0, &req("cid", 4, &cs2), 0),
+            RegisterOutcome::OutOfOrder
+        );
+        match r.register(T0.plus_secs(1), &req("cid", 5, &cs2), 0) {
+            RegisterOutcome::Duplicate(b) => assert_eq!(b.get(0).unwrap().expires, 599),
+            other => panic!("{other:?}"),
+        }
+        assert_eq!(r.lookup(AOR, T0)[0].expires_in(T0), 600);
+        let b = ok(r.register(T0, &req("cid", 6, &cs2), 0));
+        assert_eq!(b.get(0).unwrap().expires, 1200);
+        assert_eq!(r.lookup(AOR, T0)[0].cseq, 6);
+    }
+
+    #[test]
+    fn new_call_id_replaces_even_with_lower_cseq() {
+        let r = reg();
+        let cs = [c("sip:a@h")];
+        ok(r.register(T0, &req("cid-1", 100, &cs), 0));
+        let mut q = req("cid-2", 1, &cs);
+        q.source = "127.0.0.9:7000".parse().unwrap();
+        q.transport = Transport::Tcp;
+        ok(r.register(T0.plus_secs(5), &q, 0));
+        let v = r.lookup(AOR, T0.plus_secs(5));
+        assert_eq!(v.len(), 1);
+        assert_eq!((v[0].call_id.as_str(), v[0].cseq), ("cid-2", 1));
+        assert_eq!(v[0].source, q.source);
+        assert_eq!(v[0].transport, Transport::Tcp);
+        assert_eq!(v[0].registered_at, T0.plus_secs(5));
+    }
+
+    #[test]
+    fn atomic_failure_leaves_state_unchanged() {
+        let r = reg();
+        let cs = [c_exp("sip:a@h", 600), c_exp("sip:b@h", 600)];
+        ok(r.register(T0, &req("cid", 5, &cs), 0));
+        let before = r.lookup(AOR, T0);
+        // First contact would be a valid removal, second conflicts on CSeq of the same dialog:
+        // nothing may change.
+        let other = [c_exp("sip:a@h", 0), c_exp("sip:b@h", 900)];
+        let mut bad = req("cid", 3, &other);
+        bad.expires_header = Some(600);
+        assert_eq!(r.register(T0, &bad, 0), RegisterOutcome::OutOfOrder);
+        // Adding two and refreshing one past the contact limit: nothing changes either.
+        let cfg = RegistrarConfig {
+            max_contacts_per_aor: 3,
+            ..Default::default()
+        };
+        let r2 = Registrar::new(cfg, 1);
+        ok(r2.register(T0, &req("cid", 5, &cs), 0));
+        let grow = [c_exp("sip:a@h", 900), c("sip:c@h"), c("sip:d@h")];
+        assert_eq!(
+            r2.register(T0, &req("cid", 6, &grow), 0),
+            RegisterOutcome::TooManyContacts { max: 3 }
+        );
+        assert_eq!(r2.lookup(AOR, T0), before_with(&r2, T0));
+        assert_eq!(r2.lookup(AOR, T0)[0].cseq, 5);
+        assert_eq!(r.lookup(AOR, T0), before);
+        assert_eq!(r.binding_count(), 2);
+    }
+
+    fn before_with(r: &Registrar, now: Millis) -> Vec<BindingView> {
+        let v = r.lookup(AOR, now);
+        assert!(v.iter().all(|b| b.cseq == 5 && b.expires_in(now) == 600));
+        v
+    }
+
+    #[test]
+    fn max_contacts_reject_and_swap_allowed() {
+        let cfg = RegistrarConfig {
+            max_contacts_per_aor: 2,
+            ..Default::default()
+        };
+        let r = Registrar::new(cfg, 2);
+        ok(r.register(T0, &req("c1", 1, &[c("sip:a@h")]), 0));
+        ok(r.register(T0, &req("c2", 1, &[c("sip:b@h")]), 0));
+        assert_eq!(
+            r.register(T0, &req("c3", 1, &[c("sip:c@h")]), 0),
+            RegisterOutcome::TooManyContacts { max: 2 }
+        );
+        // Removing one and adding one in the same request stays within the limit.
+        let swap = [c_exp("sip:a@h", 0), c("sip:c@h")];
+        ok(r.register(T0, &req("c1", 2, &swap), 0));
+        let mut u = uris(&r, T0);
+        u.sort();
+        assert_eq!(u, ["sip:b@h", "sip:c@h"]);
+    }
+
+    #[test]
+    fn lookup_orders_by_q_then_most_recent() {
+        let r = reg();
+        let mk = |uri, q| ContactReq { q, ..c(uri) };
+        ok(r.register(T0, &req("c1", 1, &[mk("sip:low@h", Some(100))]), 0));
+        ok(r.register(
+            T0.plus_secs(1),
+            &req("c2", 1, &[mk("sip:old@h", Some(700))]),
+            0,
+        ));
+        ok(r.register(
+            T0.plus_secs(2),
+            &req("c3", 1, &[mk("sip:new@h", Some(700))]),
+            0,
+        ));
+        ok(r.register(T0.plus_secs(3), &req("c4", 1, &[mk("sip:none@h", None)]), 0));
+        assert_eq!(
+            uris(&r, T0.plus_secs(4)),
+            ["sip:none@h", "sip:new@h", "sip:old@h", "sip:low@h"]
+        );
+        // Refreshing "old" makes it the most recent of its q.
+        ok(r.register(
+            T0.plus_secs(5),
+            &req("c2", 2, &[mk("sip:old@h", Some(700))]),
+            0,
+        ));
+        assert_eq!(
+            uris(&r, T0.plus_secs(6)),
+            ["sip:none@h", "sip:old@h", "sip:new@h", "sip:low@h"]
+        );
+        // The 200 OK uses the same order and echoes q only when given.
+        let b = ok(r.register(T0.plus_secs(6), &req("c9", 1, &[]), 0));
+        let qs: Vec<_> = b.iter().map(|g| g.q).collect();
+        assert_eq!(qs, [None, Some(700), Some(700), Some(100)]);
+    }
+
+    #[test]
+    fn query_returns_bindings_unchanged() {
+        let r = reg();
+        ok(r.register(T0, &req("c1", 1, &[c_exp("sip:a@h", 100)]), 0));
+        let b = ok(r.register(T0.plus_secs(40), &req("other", 1, &[]), 0));
+        assert_eq!(b.len(), 1);
+        assert_eq!(b.get(0).unwrap().expires, 60);
+        assert_eq!(r.lookup(AOR, T0)[0].call_id, "c1");
+        // Unknown AOR: empty 200.
+        let mut q = req("x", 1, &[]);
+        q.aor = "sip:nobody@example.test";
+        assert!(ok(r.register(T0, &q, 0)).is_empty());
+        assert_eq!(r.aor_count(), 1);
+    }
+
+    #[test]
+    fn expiry_exactly_on_time_and_expire_counts() {
+        let r = reg();
+        ok(r.register(T0, &req("c1", 1, &[c_exp("sip:a@h", 60)]), 0));
+        let mut q = req("c2", 1, &[]);
+        let cs = [c_exp("sip:b@h", 120)];
+        q.contacts = &cs;
+        q.aor = "sip:bob@example.test";
+        ok(r.register(T0, &q, 0));
+        let end = T0.plus_secs(60);
+        assert_eq!(uris(&r, Millis(end.0 - 1)), ["sip:a@h"]);
+        assert!(uris(&r, end).is_empty());
+        assert_eq!(r.next_expiry(), Some(end));
+        assert_eq!(r.expire(Millis(end.0 - 1)), 0);
+        assert_eq!(r.binding_count(), 2);
+        assert_eq!(r.expire(end), 1);
+        assert_eq!((r.binding_count(), r.aor_count()), (1, 1));
+        assert_eq!(r.expire(end), 0);
+        assert_eq!(r.next_expiry(), Some(T0.plus_secs(120)));
+        assert_eq!(r.expire(T0.plus_secs(10_000)), 1);
+        assert_eq!(
+            (r.binding_count(), r.aor_count(), r.next_expiry()),
+            (0, 0, None)
+        );
+    }
+
+    #[test]
+    fn expire_handles_mixed_records_and_many_batches() {
+        let r = Registrar::new(RegistrarConfig::default(), 1);
+        let names: Vec<String> = (0..3000)
+            .map(|i| format!("sip:u{i}@example.test"))
+            .collect();
+        for (i, aor) in names.iter().enumerate() {
+            let cs = [c_exp("sip:short@h", 60), c_exp("sip:long@h", 600)];
+            let mut q = req("cid", 1, &cs);
+            q.aor = aor;
+            ok(r.register(T0.plus_ms(i as u64), &q, 0));
+        }
+        assert_eq!(r.binding_count(), 6000);
+        assert_eq!(r.expire(T0.plus_secs(60).plus_ms(1499)), 1500);
+        assert_eq!(r.expire(T0.plus_secs(63)), 1500);
+        assert_eq!((r.aor_count(), r.binding_count()), (3000, 3000));
+        let mut q = req("x", 1, &[]);
+        q.aor = &names[10];
+        let b = ok(r.register(T0.plus_secs(63), &q, 0));
+        assert_eq!(b.iter().map(|g| g.uri).collect::<Vec<_>>(), ["sip:long@h"]);
+        assert_eq!(r.expire(T0.plus_secs(700)), 3000);
+        assert!(r.is_empty());
+        // Slots are reused.
+        ok(r.register(T0.plus_secs(700), &req("c", 1, &[c("sip:z@h")]), 0));
+        assert_eq!(r.aor_count(), 1);
+    }
+
+    #[test]
+    fn register_replaces_expired_binding_of_same_dialog() {
+        // An expired binding is gone: a stale CSeq for it must not be "out of order".
+        let r = reg();
+        ok(r.register(T0, &req("cid", 9, &[c_exp("sip:a@h", 60)]), 0));
+        let later = T0.plus_secs(60);
+        let b = ok(r.register(later, &req("cid", 3, &[c_exp("sip:a@h", 60)]), 0));
+        assert_eq!(b.len(), 1);
+        assert_eq!(r.lookup(AOR, later)[0].cseq, 3);
+        assert_eq!(r.binding_count(), 1);
+        assert_eq!(r.next_expiry(), Some(later.plus_secs(60)));
+    }
+
+    #[test]
+    fn instance_id_replaces_binding_with_other_uri() {
+        let r = reg();
+        let inst = "\"<urn:uuid:00000000-0000-1000-8000-AABBCCDDEEFF>\"";
+        let c1 = ContactReq {
+            instance: Some(inst),
+            reg_id: Some(1),
+            ..c("sip:alice@192.0.2.1:5060")
+        };
+        ok(r.register(T0, &req("c1", 1, &[c1]), 0));
+        // Same instance, other reg-id: a second flow (RFC 5626), same URI allowed.
+        let c2 = ContactReq {
+            reg_id: Some(2),
+            ..c1
+        };
+        ok(r.register(T0, &req("c1", 2, &[c2]), 0));
+        assert_eq!(r.binding_count(), 2);
+        // Reboot behind a new NAT port: new URI, new Call-ID, same instance + reg-id 1.
+        let c3 = ContactReq {
+            uri: "sip:alice@198.51.100.7:40000",
+            key: "sip:alice@198.51.100.7:40000",
+            ..c1
+        };
+        let b = ok(r.register(T0.plus_secs(1), &req("c2", 1, &[c3]), 0));
+        assert_eq!(b.len(), 2);
+        let v = r.lookup(AOR, T0.plus_secs(1));
+        assert_eq!(v[0].uri, "sip:alice@198.51.100.7:40000");
+        assert_eq!(v[0].instance.as_deref(), Some(inst));
+        assert_eq!(v[0].reg_id, Some(1));
+        assert_eq!(v[1].reg_id, Some(2));
+        let g = b.get(0).unwrap();
+        assert_eq!((g.instance, g.reg_id), (Some(inst), Some(1)));
+    }
+
+    #[test]
+    fn key_not_text_decides_identity_and_uri_is_updated() {
+        let r = reg();
+        let c1 = ContactReq {
+            key: "sip:a@h",
+            ..c("sip:a@H")
+        };
+        ok(r.register(T0, &req("c", 1, &[c1]), 0));
+        let c2 = ContactReq {
+            key: "sip:a@h",
+            ..c("sip:a@h;transport=udp")
+        };
+        ok(r.register(T0, &req("c", 2, &[c2]), 0));
+        let v = r.lookup(AOR, T0);
+        assert_eq!(v.len(), 1);
+        assert_eq!(v[0].uri, "sip:a@h;transport=udp");
+        assert_eq!(v[0].key, "sip:a@h");
+    }
+
+    #[test]
+    fn path_group_and_duplicate_contacts_in_one_request() {
+        let r = reg();
+        let path = ["<sip:edge1.test;lr>", "<sip:edge2.test;lr>"];
+        let cs = [c_exp("sip:a@h", 100), c_exp("sip:a@h", 200)];
+        let mut q = req("c", 1, &cs);
+        q.path = &path;
+        q.group = 7;
+        let b = ok(r.register(T0, &q, 0));
+        assert_eq!(b.len(), 1);
+        assert_eq!(b.get(0).unwrap().expires, 200);
+        let v = r.lookup(AOR, T0);
+        assert_eq!(v[0].path, path);
+        assert_eq!(v[0].group, 7);
+        // Refresh without Path drops it (the Path of the latest REGISTER applies).
+        ok(r.register(T0, &req("c", 2, &[c("sip:a@h")]), 0));
+        assert!(r.lookup(AOR, T0)[0].path.is_empty());
+        let mut bad = req("c", 3, &[]);
+        let bad_path = ["a\0b"];
+        bad.path = &bad_path;
+        assert!(matches!(
+            r.register(T0, &bad, 0),
+            RegisterOutcome::BadRequest(_)
+        ));
+    }
+
+    #[test]
+    fn removal_of_unknown_contact_and_bad_input() {
+        let r = reg();
+        assert!(ok(r.register(T0, &req("c", 1, &[c_exp("sip:a@h", 0)]), 0)).is_empty());
+        assert_eq!(r.aor_count(), 0);
+        let q = ContactReq {
+            q: Some(1001),
+            ..c("sip:a@h")
+        };
+        assert!(matches!(
+            r.register(T0, &req("c", 1, &[q]), 0),
+            RegisterOutcome::BadRequest(_)
+        ));
+        assert!(matches!(
+            r.register(T0, &req("", 1, &[c("sip:a@h")]), 0),
+            RegisterOutcome::BadRequest(_)
+        ));
+        assert!(matches!(
+            r.register(T0, &req("c", 1, &[c("")]), 0),
+            RegisterOutcome::BadRequest(_)
+        ));
+        let many = vec![c("sip:a@h"); MAX_CONTACTS_PER_REQUEST + 1];
+        assert!(matches!(
+            r.register(T0, &req("c", 1, &many), 0),
+            RegisterOutcome::TooManyContacts { .. }
+        ));
+        let long = "x".repeat(5000);
+        assert!(matches!(
+            r.register(T0, &req("c", 1, &[c(&long)]), 0),
+            RegisterOutcome::BadRequest(_)
+        ));
+        // 10 contacts of 4 KiB each exceed the 64 KiB record: refused, not a panic.
+        let big: Vec<String> = (0..20)
+            .map(|i| format!("sip:{i}@{}", "h".repeat(4000)))
+            .collect();
+        let cs: Vec<_> = big.iter().map(|u| c(u)).collect();
+        let cfg = RegistrarConfig {
+            max_contacts_per_aor: 100,
+            ..Default::default()
+        };
+        let r = Registrar::new(cfg, 1);
+        assert_eq!(r.register(T0, &req("c", 1, &cs), 0), RegisterOutcome::Full);
+        assert_eq!(r.aor_count(), 0);
+    }
+
+    #[test]
+    fn for_each_and_remove_aor() {
+        let r = reg();
+        for i in 0..50 {
+            let aor = format!("sip:u{i}@example.test");
+            let cs = [c("sip:x@h"), c("sip:y@h")];
+            let mut q = req("c", 1, &cs);
+            q.aor = &aor;
+            ok(r.register(T0, &q, 0));
+        }
+        let mut n = 0;
+        let mut aors = std::collections::HashSet::new();
+        r.for_each_binding(T0, |b| {
+            n += 1;
+            aors.insert(b.aor.to_string());
+        });
+        assert_eq!((n, aors.len()), (100, 50));
+        assert_eq!(r.remove_aor("sip:u7@example.test"), 2);
+        assert_eq!(r.remove_aor("sip:u7@example.test"), 0);
+        assert_eq!((r.aor_count(), r.binding_count()), (49, 98));
+        assert!(r.lookup("sip:u7@example.test", T0).is_empty());
+        assert_eq!(r.expire(T0.plus_secs(3600)), 98);
     }
 }

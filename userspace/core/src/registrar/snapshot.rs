@@ -1,0 +1,532 @@
+//! Persistence of the location service: a versioned, checksummed binary snapshot.
+//!
+//! The daemon owns the file; this module only turns state into bytes and back (no IO of its
+//! own beyond writing to a caller's `std::io::Write`). Expiry is stored as absolute unix ms,
+//! so a restored binding keeps its remaining lifetime and one that expired while the daemon
+//! was down is dropped (RFC 3261 §10.3: an expired binding no longer exists).
+//!
+//! Layout (all integers little-endian):
+//! ```text
+//! header   "TSTLREG\0" | version u32 (=1) | flags u32 (=0)
+//! record*  aor_len u16 (≥1) | aor | n u16 | n × binding
+//! binding  expires_at u64 | registered_at u64 | ip [16] | cseq u32 | reg_id u32 | port u16
+//!          | q u16 | group u16 | transport u8 | flags u8
+//!          | uri_len u16 | key_len u16 (0: key = uri) | cid_len u16 | inst_len u16 | path_len u16
+//!          | uri | key | call-id | instance | path (NUL-separated)
+//! end      aor_len u16 = 0 | aor count u64 | binding count u64 | crc32 u32 (of all bytes before it)
+//! ```
+//! Restore checks the checksum and then the whole structure before inserting anything, so a
+//! damaged file is refused as a whole and never panics.
+
+use super::store::{AorRecord, Binding, PathSrc, Strs, F_REG_ID, F_V6, Q_NONE};
+use super::{Registrar, Transport};
+use crate::time::Millis;
+use smallvec::SmallVec;
+use std::fmt;
+use std::io::{self, Write};
+
+const MAGIC: &[u8; 8] = b"TSTLREG\0";
+const VERSION: u32 = 1;
+const HEADER: usize = 16;
+const TRAILER: usize = 2 + 8 + 8 + 4;
+const FIXED: usize = 8 + 8 + 16 + 4 + 4 + 2 + 2 + 2 + 1 + 1 + 5 * 2;
+
+/// Why a snapshot was refused. Nothing was restored in any of these cases.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum SnapshotError {
+    /// Not a registration snapshot.
+    BadMagic,
+    UnsupportedVersion(u32),
+    /// Shorter than its own structure says.
+    Truncated,
+    ChecksumMismatch,
+    /// Checksum fine but the content is not valid (what is wrong).
+    Corrupt(&'static str),
+}
+
+impl fmt::Display for SnapshotError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            SnapshotError::BadMagic => write!(f, "not a registration snapshot (bad magic)"),
+            SnapshotError::UnsupportedVersion(v) => {
+                write!(f, "unsupported registration snapshot version {v}")
+            }
+            SnapshotError::Truncated => write!(f, "registration snapshot is truncated"),
+            SnapshotError::ChecksumMismatch => write!(f, "registration snapshot checksum mismatch"),
+            SnapshotError::Corrupt(what) => write!(f, "registration snapshot is corrupt: {what}"),
+        }
+    }
+}
+
+impl std::error::Error for SnapshotError {}
+
+/// What a snapshot holds.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct SnapshotStats {
+    pub aors: u64,
+    pub bindings: u64,
+    pub bytes: u64,
+}
+
+/// Writes through and checksums on the way.
+struct Crc<'w, W: Write> {
+    w: &'w mut W,
+    crc: crc32fast::Hasher,
+    bytes: u64,
+}
+
+impl<W: Write> Crc<'_, W> {
+    fn put(&mut self, b: &[u8]) -> io::Result<()> {
+        self.crc.update(b);
+        self.bytes += b.len() as u64;
+        self.w.write_all(b)
+    }
+}
+
+fn encode_record(rec: &AorRecord, now: u64, buf: &mut Vec<u8>) -> u64 {
+    let live = rec.bindings.iter().filter(|b| b.expires_at > now).count();
+    if live == 0 {
+        return 0;
+    }
+    let aor = rec.aor();
+    buf.extend_from_slice(&(aor.len() as u16).to_le_bytes());
+    buf.extend_from_slice(aor.as_bytes());
+    buf.extend_from_slice(&(live as u16).to_le_bytes());
+    for b in rec.bindings.iter().filter(|b| b.expires_at > now) {
+        let s = rec.strs(b);
+        let key = if s.key == s.uri { "" } else { s.key };
+        let path = rec.path(b);
+        buf.extend_from_slice(&b.expires_at.to_le_bytes());
+        buf.extend_from_slice(&b.updated_at.to_le_bytes());
+        buf.extend_from_slice(&b.ip);
+        buf.extend_from_slice(&b.cseq.to_le_bytes());
+        buf.extend_from_slice(&b.reg_id.to_le_bytes());
+        buf.extend_from_slice(&b.port.to_le_bytes());
+        buf.extend_from_slice(&b.q.to_le_bytes());
+        buf.extend_from_slice(&b.group.to_le_bytes());
+        buf.push(b.transport);
+        buf.push(b.flags & (F_V6 | F_REG_ID));
+        for l in [
+            s.uri.len(),
+            key.len(),
+            s.call_id.len(),
+            s.instance.len(),
+            path.len(),
+        ] {
+            buf.extend_from_slice(&(l as u16).to_le_bytes());
+        }
+        for p in [s.uri, key, s.call_id, s.instance, path] {
+            buf.extend_from_slice(p.as_bytes());
+        }
+    }
+    live as u64
+}
+
+impl Registrar {
+    /// Streams a snapshot of every binding alive at `now` into `out` (a `Vec<u8>` or the
+    /// daemon's buffered file). Each shard is serialised under its lock into a scratch buffer
+    /// and written after the lock is released, so slow storage never stalls workers. Each
+    /// AOR is consistent; the snapshot as a whole is not one instant (it need not be).
+    pub fn write_snapshot<W: Write>(&self, now: Millis, out: &mut W) -> io::Result<SnapshotStats> {
+        let mut w = Crc {
+            w: out,
+            crc: crc32fast::Hasher::new(),
+            bytes: 0,
+        };
+        let mut head = [0u8; HEADER];
+        head[..8].copy_from_slice(MAGIC);
+        head[8..12].copy_from_slice(&VERSION.to_le_bytes());
+        w.put(&head)?;
+        let mut st = SnapshotStats::default();
+        let mut buf = Vec::new();
+        for s in self.shards.iter() {
+            buf.clear();
+            {
+                let shard = s.0.lock();
+                for &slot in shard.table.iter() {
+                    let n = encode_record(&shard.slab[slot as usize], now.0, &mut buf);
+                    if n > 0 {
+                        st.aors += 1;
+                        st.bindings += n;
+                    }
+                }
+            }
+            w.put(&buf)?;
+        }
+        w.put(&0u16.to_le_bytes())?;
+        w.put(&st.aors.to_le_bytes())?;
+        w.put(&st.bindings.to_le_bytes())?;
+        let crc = w.crc.clone().finalize();
+        w.w.write_all(&crc.to_le_bytes())?;
+        st.bytes = w.bytes + 4;
+        Ok(st)
+    }
+
+    /// Convenience: the snapshot as bytes.
+    pub fn snapshot_to_vec(&self, now: Millis) -> Vec<u8> {
+        let mut v = Vec::new();
+        // Writing to a Vec cannot fail.
+        let _ = self.write_snapshot(now, &mut v);
+        v
+    }
+
+    /// Restores a snapshot; returns the number of bindings restored. Bindings expired at
+    /// `now` are dropped; an expiry further than `max_expires` ahead (clock moved back) is
+    /// shortened to it. Meant for an empty registrar at startup: an AOR already present is
+    /// replaced by the snapshot's record. Validates everything before inserting anything.
+    pub fn restore_snapshot(&self, data: &[u8], now: Millis) -> Result<usize, SnapshotError> {
+        if data.len() < HEADER {
+            return Err(if data.starts_with(&MAGIC[..data.len().min(8)]) {
+                SnapshotError::Truncated
+            } else {
+                SnapshotError::BadMagic
+            });
+        }
+        if &data[..8] != MAGIC {
+            return Err(SnapshotError::BadMagic);
+        }
+        let version = u32::from_le_bytes([data[8], data[9], data[10], data[11]]);
+        if version != VERSION {
+            return Err(SnapshotError::UnsupportedVersion(version));
+        }
+        if data.len() < HEADER + TRAILER {
+            return Err(SnapshotError::Truncated);
+        }
+        let (body, crc) = data.split_at(data.len() - 4);
+        if crc32fast::hash(body) != u32::from_le_bytes([crc[0], crc[1], crc[2], crc[3]]) {
+            return Err(SnapshotError::ChecksumMismatch);
+        }
+        let max_at = now.plus_secs(self.cfg.max_expires as u64).0;
+        // Pass 1: structure only. Pass 2: insert.
+        parse(body, now.0, max_at, |_| Ok(()))?;
+        let mut restored = 0;
+        parse(body, now.0, max_at, |rec| {
+            restored += self
+                .put_record(rec)
+                .map_err(|_| SnapshotError::Corrupt("no capacity for record"))?;
+            Ok(())
+        })?;
+        Ok(restored)
+    }
+}
+
+struct Rd<'a> {
+    d: &'a [u8],
+    pos: usize,
+}
+
+impl<'a> Rd<'a> {
+    fn take(&mut self, n: usize) -> Result<&'a [u8], SnapshotError> {
+        let end = self.pos.checked_add(n).ok_or(SnapshotError::Truncated)?;
+        let s = self.d.get(self.pos..end).ok_or(SnapshotError::Truncated)?;
+        self.pos = end;
+        Ok(s)
+    }
+    fn u8(&mut self) -> Result<u8, SnapshotError> {
+        Ok(self.take(1)?[0])
+    }
+    fn u16(&mut self) -> Result<u16, SnapshotError> {
+        let b = self.take(2)?;
+        Ok(u16::from_le_bytes([b[0], b[1]]))
+    }
+    fn u32(&mut self) -> Result<u32, SnapshotError> {
+        let b = self.take(4)?;
+        Ok(u32::from_le_bytes(b.try_into().unwrap_or([0; 4])))
+    }
+    fn u64(&mut self) -> Result<u64, SnapshotError> {
+        let b = self.take(8)?;
+        Ok(u64::from_le_bytes(b.try_into().unwrap_or([0; 8])))
+    }
+    fn str(&mut self, n: u16) -> Result<&'a str, SnapshotError> {
+        std::str::from_utf8(self.take(n as usize)?)
+            .map_err(|_| SnapshotError::Corrupt("invalid UTF-8"))
+    }
+}
+
+/// Walks the records of `body` (header included, checksum excluded), handing each AOR's
+/// still-alive bindings to `f` as a built record. Checks the trailer counts.
+fn parse(
+    body: &[u8],
+    now: u64,
+    max_at: u64,
+    mut f: impl FnMut(AorRecord) -> Result<(), SnapshotError>,
+) -> Result<(), SnapshotError> {
+    use SnapshotError::Corrupt;
+    let mut r = Rd {
+        d: body,
+        pos: HEADER,
+    };
+    let (mut aors, mut bindings) = (0u64, 0u64);
+    loop {
+        let aor_len = r.u16()?;
+        if aor_len == 0 {
+            break;
+        }
+        let aor = r.str(aor_len)?;
+        let n = r.u16()?;
+        if n == 0 {
+            return Err(Corrupt("record without bindings"));
+        }
+        aors += 1;
+        bindings += n as u64;
+        let mut parts: SmallVec<[(Binding, Strs<'_>); 4]> = SmallVec::new();
+        let mut total = 0;
+        for _ in 0..n {
+            if r.d.len().saturating_sub(r.pos) < FIXED {
+                return Err(SnapshotError::Truncated);
+            }
+            let mut b = Binding::zeroed();
+            b.expires_at = r.u64()?;
+            b.updated_at = r.u64()?;
+            b.ip.copy_from_slice(r.take(16)?);
+            b.cseq = r.u32()?;
+            b.reg_id = r.u32()?;
+            b.port = r.u16()?;
+            b.q = r.u16()?;
+            b.group = r.u16()?;
+            b.transport = r.u8()?;
+            b.flags = r.u8()?;
+            if Transport::from_u8(b.transport).is_none() {
+                return Err(Corrupt("unknown transport"));
+            }
+            if b.q > 1000 && b.q != Q_NONE {
+                return Err(Corrupt("q out of range"));
+            }
+            if b.flags & !(F_V6 | F_REG_ID) != 0 {
+                return Err(Corrupt("unknown binding flags"));
+            }
+            let lens = [r.u16()?, r.u16()?, r.u16()?, r.u16()?, r.u16()?];
+            let uri = r.str(lens[0])?;
+            let key = r.str(lens[1])?;
+            let call_id = r.str(lens[2])?;
+            let instance = r.str(lens[3])?;
+            let path = r.str(lens[4])?;
+            if uri.is_empty() || call_id.is_empty() {
+                return Err(Corrupt("empty contact or Call-ID"));
+            }
+            if b.expires_at <= now {
+                continue;
+            }
+            b.expires_at = b.expires_at.min(max_at);
+            let s = Strs {
+                uri,
+                key: if key.is_empty() { uri } else { key },
+                call_id,
+                instance,
+                path: PathSrc::Joined(path),
+            };
+            total += s.blob_len();
+            parts.push((b, s));
+        }
+        if !parts.is_empty() {
+            let rec =
+                AorRecord::build(aor, total, parts).map_err(|_| Corrupt("record too large"))?;
+            f(rec)?;
+        }
+    }
+    let (want_aors, want_bindings) = (r.u64()?, r.u64()?);
+    if r.pos != body.len() {
+        return Err(Corrupt("trailing bytes"));
+    }
+    if (want_aors, want_bindings) != (aors, bindings) {
+        return Err(Corrupt("record counts do not match the trailer"));
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::{ContactReq, RegisterOutcome, RegisterReq, RegistrarConfig};
+    use super::*;
+
+    const T0: Millis = Millis(1_800_000_000_000);
+
+    fn fill(r: &Registrar, n: usize) {
+        let path = ["<sip:edge.test;lr>"];
+        for i in 0..n {
+            let aor = format!("sip:user{i}@example.test");
+            let uri = format!("sip:user{i}@192.0.2.{}:5060", i % 250);
+            let inst = format!("\"<urn:uuid:{i:08}>\"");
+            let cs = [
+                ContactReq {
+                    uri: &uri,
+                    key: &uri,
+                    expires: Some(if i % 2 == 0 { 60 } else { 3600 }),
+                    q: (i % 3 == 0).then_some(500),
+                    instance: (i % 5 == 0).then_some(inst.as_str()),
+                    reg_id: (i % 5 == 0).then_some(1),
+                },
+                ContactReq {
+                    uri: "sip:Second@h",
+                    key: "sip:second@h",
+                    expires: Some(3600),
+                    ..Default::default()
+                },
+            ];
+            let req = RegisterReq {
+                aor: &aor,
+                call_id: "call-id@host",
+                cseq: i as u32 + 1,
+                star: false,
+                contacts: &cs[..1 + i % 2],
+                expires_header: None,
+                source: if i % 4 == 0 {
+                    "[2001:db8::5]:5060".parse().unwrap()
+                } else {
+                    "127.0.0.1:5060".parse().unwrap()
+                },
+                transport: Transport::Tcp,
+                path: if i % 7 == 0 { &path } else { &[] },
+                group: (i % 3) as u16,
+            };
+            assert!(matches!(r.register(T0, &req, 0), RegisterOutcome::Ok(_)));
+        }
+    }
+
+    fn dump(r: &Registrar, now: Millis) -> Vec<String> {
+        let mut v = Vec::new();
+        r.for_each_binding(now, |b| v.push(format!("{:?}", b.to_view())));
+        v.sort();
+        v
+    }
+
+    #[test]
+    fn round_trip_keeps_everything_and_drops_expired() {
+        let r = Registrar::new(RegistrarConfig::default(), 8);
+        fill(&r, 200);
+        let data = r.snapshot_to_vec(T0);
+        let mut buf = Vec::new();
+        let st = r.write_snapshot(T0, &mut buf).unwrap();
+        assert_eq!(buf, data);
+        assert_eq!(
+            (st.aors, st.bindings, st.bytes),
+            (200, 300, data.len() as u64)
+        );
+
+        let r2 = Registrar::new(RegistrarConfig::default(), 2);
+        assert_eq!(r2.restore_snapshot(&data, T0.plus_secs(1)), Ok(300));
+        assert_eq!(dump(&r, T0.plus_secs(1)), dump(&r2, T0.plus_secs(1)));
+        assert_eq!(r2.next_expiry(), Some(T0.plus_secs(60)));
+
+        // Restored later: even users (one 60 s binding) are gone, odd users keep both
+        // bindings with their absolute expiry.
+        let r3 = Registrar::new(RegistrarConfig::default(), 4);
+        assert_eq!(r3.restore_snapshot(&data, T0.plus_secs(60)), Ok(200));
+        assert_eq!(r3.aor_count(), 100);
+        assert_eq!(r3.next_expiry(), Some(T0.plus_secs(3600)));
+        assert!(r3.lookup("sip:user0@example.test", T0).is_empty());
+        let v = r3.lookup("sip:user1@example.test", T0.plus_secs(60));
+        assert_eq!(v.len(), 2);
+        assert!(v
+            .iter()
+            .any(|b| b.uri == "sip:Second@h" && b.key == "sip:second@h"));
+        assert_eq!(v[0].expires_in(T0.plus_secs(60)), 3540);
+
+        // Snapshot taken after some expired does not contain them.
+        let late = r.snapshot_to_vec(T0.plus_secs(60));
+        let r4 = Registrar::new(RegistrarConfig::default(), 4);
+        assert_eq!(r4.restore_snapshot(&late, T0.plus_secs(60)), Ok(200));
+        assert!(late.len() < data.len());
+    }
+
+    #[test]
+    fn restore_clamps_far_future_expiry() {
+        let r = Registrar::new(RegistrarConfig::default(), 1);
+        fill(&r, 3);
+        let data = r.snapshot_to_vec(T0);
+        let r2 = Registrar::new(RegistrarConfig::default(), 1);
+        // Clock went back a day: remaining time is capped at max_expires.
+        let back = Millis(T0.0 - 86_400_000);
+        assert_eq!(r2.restore_snapshot(&data, back), Ok(4));
+        assert_eq!(r2.next_expiry(), Some(back.plus_secs(7200)));
+    }
+
+    #[test]
+    fn empty_registrar_round_trips() {
+        let r = Registrar::new(RegistrarConfig::default(), 1);
+        let data = r.snapshot_to_vec(T0);
+        assert_eq!(data.len(), HEADER + TRAILER);
+        assert_eq!(
+            Registrar::new(RegistrarConfig::default(), 1).restore_snapshot(&data, T0),
+            Ok(0)
+        );
+    }
+
+    #[test]
+    fn damaged_snapshots_are_refused_without_panic() {
+        let r = Registrar::new(RegistrarConfig::default(), 2);
+        fill(&r, 20);
+        let data = r.snapshot_to_vec(T0);
+        let fresh = || Registrar::new(RegistrarConfig::default(), 2);
+
+        assert_eq!(
+            fresh().restore_snapshot(b"", T0),
+            Err(SnapshotError::Truncated)
+        );
+        assert_eq!(
+            fresh().restore_snapshot(b"hello world, not a snapshot", T0),
+            Err(SnapshotError::BadMagic)
+        );
+        let mut v = data.clone();
+        v[8] = 9;
+        assert_eq!(
+            fresh().restore_snapshot(&v, T0),
+            Err(SnapshotError::UnsupportedVersion(9))
+        );
+        // Every truncation and every single-byte flip is refused and restores nothing.
+        for cut in 0..data.len() {
+            let r2 = fresh();
+            assert!(
+                r2.restore_snapshot(&data[..cut], T0).is_err(),
+                "cut at {cut}"
+            );
+            assert_eq!(r2.aor_count(), 0);
+        }
+        for i in (0..data.len()).step_by(3) {
+            let mut v = data.clone();
+            v[i] ^= 0x41;
+            let r2 = fresh();
+            assert!(r2.restore_snapshot(&v, T0).is_err(), "flip at {i}");
+            assert_eq!(r2.aor_count(), 0);
+        }
+    }
+
+    #[test]
+    fn structurally_bad_content_with_valid_checksum_is_corrupt() {
+        let r = Registrar::new(RegistrarConfig::default(), 1);
+        fill(&r, 2);
+        let data = r.snapshot_to_vec(T0);
+        let reseal = |mut body: Vec<u8>| {
+            let crc = crc32fast::hash(&body);
+            body.extend_from_slice(&crc.to_le_bytes());
+            body
+        };
+        let body = data[..data.len() - 4].to_vec();
+        // Transport byte of the first binding: header 16 + aor_len 2 + aor + n 2 + 8+8+16+4+4+2+2+2.
+        let aor_len = u16::from_le_bytes([body[16], body[17]]) as usize;
+        let t = 16 + 2 + aor_len + 2 + 8 + 8 + 16 + 4 + 4 + 2 + 2 + 2;
+        let mut b = body.clone();
+        b[t] = 77;
+        assert_eq!(
+            Registrar::new(RegistrarConfig::default(), 1).restore_snapshot(&reseal(b), T0),
+            Err(SnapshotError::Corrupt("unknown transport"))
+        );
+        // Wrong trailer count.
+        let mut b = body.clone();
+        let n = b.len();
+        b[n - 8] ^= 1;
+        let r2 = Registrar::new(RegistrarConfig::default(), 1);
+        assert!(matches!(
+            r2.restore_snapshot(&reseal(b), T0),
+            Err(SnapshotError::Corrupt(_))
+        ));
+        assert_eq!(r2.aor_count(), 0);
+        // Invalid UTF-8 in the AOR.
+        let mut b = body;
+        b[18] = 0xff;
+        assert_eq!(
+            Registrar::new(RegistrarConfig::default(), 1).restore_snapshot(&reseal(b), T0),
+            Err(SnapshotError::Corrupt("invalid UTF-8"))
+        );
+    }
+}
