@@ -1,17 +1,37 @@
 //! The per-worker sans-IO engine: datagrams in, datagrams out.
 //!
-//! Driven quinn/str0m style:
-//! `handle_datagram(now, …)` → `poll_transmit()` until `None`; `poll_timeout()` says when
-//! `handle_timeout(now)` wants to run next. State shared between workers (registrations,
-//! nonce replay window, counters merged on read) lives in [`Shared`].
+//! Driven quinn/str0m style: `handle_datagram(now, …)` → `poll_transmit()` until `None`;
+//! `poll_timeout()` says when `handle_timeout(now)` wants to run next. State shared between
+//! workers (registrations, nonce replay window) lives in [`Shared`]; counters are per worker
+//! and merged on read.
+//!
+//! What it implements:
+//! - RFC 3261 §8.2 request validation (answers from [`msg::Defect`]), §8.2.2.1 416,
+//!   §8.2.2.3 420 with Unsupported, §10.3 the registrar (steps 1–8; the binding rules
+//!   themselves live in [`crate::registrar`]), §11 OPTIONS to the server itself.
+//! - RFC 3261 §17.2.2 non-INVITE server transactions for UDP, reduced to what a registrar
+//!   needs: a retransmission (same branch, sent-by and method) gets the stored response
+//!   again without a second update (Timer J = 64·T1 = 32 s).
+//! - RFC 7616 / RFC 8760 digest authentication via [`crate::auth`].
+//! - RFC 3261 §16.11 stateless proxying of requests to registered users (location service)
+//!   and §16.7/§18.2.2 relaying of their responses back by Via; RFC 3581 rport/received.
 
-use crate::auth::AuthConfig;
-use crate::group::{GroupId, GroupTable, Unclassified};
-use crate::stats::WorkerStats;
-use crate::registrar::RegistrarConfig;
+use crate::auth::{AuthConfig, AuthOutcome, DigestAuth, FailReason, UserDb};
+use crate::group::{AuthMode, GroupId, GroupKind, GroupTable, Unclassified};
+use crate::msg::build::{finish, response_destination, response_head, write_top_via};
+use crate::msg::fields::{self, NameAddr, Via};
+use crate::msg::uri::{Scheme, Uri};
+use crate::msg::{self, HeaderName, Message, Method, StartLine};
+use crate::registrar::{
+    Bindings, ContactReq, RegisterError, RegisterReq, Registrar, RegistrarConfig, Transport as RegTransport,
+};
+use crate::stats::{Counter, GroupCounter, WorkerStats};
 use crate::time::Millis;
-use std::collections::VecDeque;
-use std::net::SocketAddr;
+use rand::rngs::SmallRng;
+use rand::{Rng, SeedableRng};
+use std::collections::{HashMap, VecDeque};
+use std::io::Write;
+use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 
 /// Everything the engine needs from the config, already validated by the daemon.
@@ -38,38 +58,161 @@ pub struct Transmit {
     pub payload: Vec<u8>,
 }
 
+/// Option tags we support (RFC 3261 §8.2.2.3): Path (RFC 3327) is stored and echoed.
+const SUPPORTED: &[&str] = &["path"];
+const ALLOW: &str = "INVITE, ACK, CANCEL, BYE, OPTIONS, REGISTER, MESSAGE, SUBSCRIBE, NOTIFY, INFO, UPDATE, PRACK, REFER";
+/// Our branch prefix on requests we proxy: magic cookie + a tag that lets us recognise
+/// responses to them (RFC 3261 §16.11 stateless proxy branch).
+const OUR_BRANCH: &[u8] = b"z9hG4bKts";
+/// Timer J for UDP (64·T1): how long a non-INVITE server transaction absorbs retransmissions.
+const TIMER_J_MS: u64 = 32_000;
+/// Bound on remembered transactions per worker. Beyond it the oldest are forgotten early; a
+/// late retransmission then reaches the registrar, which answers it as a duplicate (same
+/// Call-ID and CSeq) with the current bindings, so correctness does not depend on the cache.
+const MAX_TXNS: usize = 65_536;
+/// Longest accepted REGISTER expiry parameter string etc. are bounded by the parser; this
+/// bounds the contacts one REGISTER may carry before we even ask the registrar.
+const MAX_CONTACTS_PER_REQUEST: usize = 64;
+
 /// State shared by all workers.
 pub struct Shared {
     pub config: EngineConfig,
+    registrar: Registrar,
+    auth: Option<DigestAuth>,
+    users: UserDb,
+    domain_lc: String,
+    aliases_lc: Vec<String>,
 }
 
 impl Shared {
-    pub fn new(config: EngineConfig) -> Self {
-        Shared { config }
+    /// `secret` keys the stateless nonces (keep it across restarts to keep nonces valid).
+    pub fn new(config: EngineConfig, users: UserDb, secret: [u8; 32]) -> Self {
+        let registrar = Registrar::new(config.registrar.clone(), 256);
+        let auth = config.auth.clone().map(|a| DigestAuth::new(a, secret));
+        let domain_lc = config.domain.to_ascii_lowercase();
+        let aliases_lc = config.aliases.iter().map(|a| a.to_ascii_lowercase()).collect();
+        Shared { config, registrar, auth, users, domain_lc, aliases_lc }
     }
 
-    /// Shared housekeeping (binding expiry). The daemon's control thread calls it.
-    pub fn handle_timeout(&self, _now: Millis) {}
+    pub fn registrar(&self) -> &Registrar {
+        &self.registrar
+    }
+
+    pub fn users(&self) -> &UserDb {
+        &self.users
+    }
+
+    /// Shared housekeeping (binding expiry). The daemon's control thread calls it about once
+    /// a second; it is cheap when nothing expires.
+    pub fn handle_timeout(&self, now: Millis) -> usize {
+        self.registrar.expire(now)
+    }
+
+    pub fn poll_timeout(&self) -> Option<Millis> {
+        self.registrar.next_expiry()
+    }
+
+    /// Is `host` (from a URI) one of our names? IPv6 brackets are ignored.
+    fn is_local_host(&self, host: &[u8]) -> bool {
+        let h = if host.len() >= 2 && host[0] == b'[' { &host[1..host.len() - 1] } else { host };
+        h.eq_ignore_ascii_case(self.domain_lc.as_bytes()) || self.aliases_lc.iter().any(|a| h.eq_ignore_ascii_case(a.as_bytes()))
+    }
+}
+
+/// A remembered server transaction: where its final response went and what it was.
+struct Txn {
+    dst: SocketAddr,
+    response: Vec<u8>,
+}
+
+/// Retransmission absorption (RFC 3261 §17.2.2 for UDP, keyed per §17.2.3).
+#[derive(Default)]
+struct TxnCache {
+    map: HashMap<Vec<u8>, Txn, ahash::RandomState>,
+    /// (expiry, key) in insertion order; insertion order is expiry order (fixed Timer J).
+    order: VecDeque<(Millis, Vec<u8>)>,
+}
+
+impl TxnCache {
+    fn get(&self, key: &[u8]) -> Option<&Txn> {
+        self.map.get(key)
+    }
+
+    fn insert(&mut self, now: Millis, key: Vec<u8>, txn: Txn) {
+        if self.map.len() >= MAX_TXNS {
+            if let Some((_, old)) = self.order.pop_front() {
+                self.map.remove(&old);
+            }
+        }
+        if self.map.insert(key.clone(), txn).is_none() {
+            self.order.push_back((now.plus_ms(TIMER_J_MS), key));
+        }
+    }
+
+    fn expire(&mut self, now: Millis) {
+        while let Some((at, _)) = self.order.front() {
+            if *at > now {
+                break;
+            }
+            let (_, key) = self.order.pop_front().expect("front exists");
+            self.map.remove(&key);
+        }
+    }
+
+    fn next_expiry(&self) -> Option<Millis> {
+        self.order.front().map(|(at, _)| *at)
+    }
+}
+
+/// Transaction key of a request (RFC 3261 §17.2.3): branch, sent-by and method, with ACK
+/// matching INVITE. Only RFC 3261 branches are keyed; RFC 2543 requests are not absorbed.
+fn txn_key(via: &Via<'_>, method: &[u8], out: &mut Vec<u8>) -> bool {
+    let Some(branch) = via.branch.filter(|_| via.has_rfc3261_branch()) else {
+        return false;
+    };
+    out.clear();
+    out.extend_from_slice(branch);
+    out.push(0);
+    out.extend(via.host.iter().map(u8::to_ascii_lowercase));
+    out.push(0);
+    let _ = write!(out, "{}", via.port.unwrap_or(5060));
+    out.push(0);
+    out.extend_from_slice(if method == b"ACK" { b"INVITE" } else { method });
+    true
 }
 
 pub struct Engine {
     shared: Arc<Shared>,
     stats: Arc<WorkerStats>,
     out: VecDeque<Transmit>,
+    scratch: Vec<u8>,
+    bindings: Bindings,
+    txns: TxnCache,
+    key_buf: Vec<u8>,
+    rng: SmallRng,
 }
 
 impl Engine {
-    pub fn new(shared: Arc<Shared>, _seed: u64) -> Self {
-        Engine { shared, stats: Arc::default(), out: VecDeque::new() }
+    pub fn new(shared: Arc<Shared>, seed: u64) -> Self {
+        Engine {
+            shared,
+            stats: Arc::default(),
+            out: VecDeque::new(),
+            scratch: Vec::new(),
+            bindings: Bindings::new(),
+            txns: TxnCache::default(),
+            key_buf: Vec::with_capacity(128),
+            rng: SmallRng::seed_from_u64(seed),
+        }
+    }
+
+    pub fn shared(&self) -> &Arc<Shared> {
+        &self.shared
     }
 
     /// This worker's counters; the control plane keeps a clone and merges on read.
     pub fn stats(&self) -> &Arc<WorkerStats> {
         &self.stats
-    }
-
-    pub fn shared(&self) -> &Arc<Shared> {
-        &self.shared
     }
 
     /// One UDP datagram from `src`, received on local address `local`; classifies `src` itself.
@@ -80,14 +223,26 @@ impl Engine {
 
     /// Same, with the IP Group already known (XDP metadata, or the socket worker's own
     /// classification that decided which fair queue the datagram waited in).
-    pub fn handle_classified(
-        &mut self,
-        _now: Millis,
-        _src: SocketAddr,
-        _local: SocketAddr,
-        _group: Option<GroupId>,
-        _data: &[u8],
-    ) {
+    pub fn handle_classified(&mut self, now: Millis, src: SocketAddr, local: SocketAddr, group: Option<GroupId>, data: &[u8]) {
+        self.stats.inc(Counter::RxDatagrams);
+        if let Some(g) = group {
+            self.stats.inc_group(g, GroupCounter::Rx);
+        }
+        let mut scratch = std::mem::take(&mut self.scratch);
+        match msg::parse(data, &mut scratch) {
+            Ok(m) => {
+                if m.is_request() {
+                    self.stats.inc(Counter::RxRequests);
+                    self.on_request(now, src, local, group, &m);
+                } else {
+                    self.stats.inc(Counter::RxResponses);
+                    self.on_response(src, local, &m);
+                }
+            }
+            Err(msg::ParseError::KeepAlive) => {}
+            Err(_) => self.stats.inc(Counter::DropMalformed),
+        }
+        self.scratch = scratch;
     }
 
     pub fn poll_transmit(&mut self) -> Option<Transmit> {
@@ -95,8 +250,694 @@ impl Engine {
     }
 
     pub fn poll_timeout(&self) -> Option<Millis> {
-        None
+        self.txns.next_expiry()
     }
 
-    pub fn handle_timeout(&mut self, _now: Millis) {}
+    pub fn handle_timeout(&mut self, now: Millis) {
+        self.txns.expire(now);
+    }
+
+    fn send(&mut self, dst: SocketAddr, local: SocketAddr, payload: Vec<u8>) {
+        self.stats.inc(Counter::TxDatagrams);
+        self.out.push_back(Transmit { dst, src: Some(local), payload });
+    }
+
+    /// Sends a final response and, for transaction-keyed requests, remembers it so a
+    /// retransmission gets the same bytes.
+    fn respond(&mut self, now: Millis, m: &Message<'_>, src: SocketAddr, local: SocketAddr, out: Vec<u8>) {
+        let Some(via) = m.top_via else { return };
+        let dst = response_destination(&via, src);
+        if let StartLine::Request { method_raw, .. } = m.start {
+            let mut key = std::mem::take(&mut self.key_buf);
+            if txn_key(&via, method_raw, &mut key) {
+                self.txns.insert(now, key.clone(), Txn { dst, response: out.clone() });
+            }
+            self.key_buf = key;
+        }
+        self.send(dst, local, out);
+    }
+
+    /// A response with no headers beyond the mandatory ones.
+    fn reply(&mut self, now: Millis, m: &Message<'_>, src: SocketAddr, local: SocketAddr, code: u16, reason: &str) {
+        self.reply_with(now, m, src, local, code, reason, |_| {});
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn reply_with(
+        &mut self,
+        now: Millis,
+        m: &Message<'_>,
+        src: SocketAddr,
+        local: SocketAddr,
+        code: u16,
+        reason: &str,
+        extra: impl FnOnce(&mut Vec<u8>),
+    ) {
+        if m.method() == Some(Method::Ack) {
+            return; // ACK is never answered (RFC 3261 §17.2.1 / §8.2.7)
+        }
+        let mut out = Vec::with_capacity(512);
+        if !response_head(&mut out, m, src, code, reason) {
+            self.stats.inc(Counter::DropMalformed);
+            return;
+        }
+        extra(&mut out);
+        finish(&mut out, &self.shared.config.server_name, b"");
+        if code >= 400 && code != 401 && code != 407 {
+            self.stats.inc(Counter::Rejected400);
+        }
+        self.respond(now, m, src, local, out);
+    }
+
+    fn on_request(&mut self, now: Millis, src: SocketAddr, local: SocketAddr, group: Option<GroupId>, m: &Message<'_>) {
+        // Retransmission of a request we answered: same bytes again, no second update.
+        if let (Some(via), StartLine::Request { method_raw, .. }) = (m.top_via, m.start) {
+            let mut key = std::mem::take(&mut self.key_buf);
+            if txn_key(&via, method_raw, &mut key) {
+                if let Some(t) = self.txns.get(&key) {
+                    let (dst, payload) = (t.dst, t.response.clone());
+                    self.key_buf = key;
+                    self.stats.inc(Counter::Retransmissions);
+                    if method_raw != b"ACK" {
+                        self.send(dst, local, payload);
+                    }
+                    return;
+                }
+            }
+            self.key_buf = key;
+        }
+
+        let shared = Arc::clone(&self.shared);
+        let Some(gid) = group else {
+            self.stats.inc(Counter::DropUnclassified);
+            if shared.config.unclassified == Unclassified::Reject {
+                self.reply(now, m, src, local, 403, "Forbidden - Source Not In Any IP Group");
+            }
+            return;
+        };
+        let Some(grp) = shared.config.groups.get(gid) else {
+            self.stats.inc(Counter::DropUnclassified);
+            return;
+        };
+
+        if let Some(d) = m.defect {
+            self.stats.inc(Counter::DropMalformed);
+            self.reply(now, m, src, local, d.status(), d.reason());
+            return;
+        }
+        let Some(hot) = m.hot else {
+            // No defect but no hot fields cannot happen for requests; be safe anyway.
+            self.stats.inc(Counter::DropMalformed);
+            return;
+        };
+        let StartLine::Request { method, uri: ruri_raw, .. } = m.start else { return };
+
+        // RFC 3261 §8.2.2.1: the Request-URI scheme must be one we understand.
+        let ruri = match Uri::parse(ruri_raw) {
+            Ok(u) if u.is_sip() => u,
+            Ok(_) => {
+                self.reply_with(now, m, src, local, 416, "Unsupported URI Scheme", |_| {});
+                return;
+            }
+            Err(_) => {
+                self.reply(now, m, src, local, 400, "Malformed Request-URI");
+                return;
+            }
+        };
+
+        match method {
+            Method::Register => {
+                if let Some(bad) = unsupported_requires(m, HeaderName::Require) {
+                    self.reply_with(now, m, src, local, 420, "Bad Extension", |o| {
+                        o.extend_from_slice(b"Unsupported: ");
+                        o.extend_from_slice(bad.as_bytes());
+                        o.extend_from_slice(b"\r\n");
+                    });
+                    return;
+                }
+                self.on_register(now, src, local, gid, grp.kind, grp.auth, m, &hot, &ruri);
+            }
+            Method::Options if ruri.user.is_none() && shared.is_local_host(ruri.host) => {
+                if let Some(bad) = unsupported_requires(m, HeaderName::Require) {
+                    self.reply_with(now, m, src, local, 420, "Bad Extension", |o| {
+                        o.extend_from_slice(b"Unsupported: ");
+                        o.extend_from_slice(bad.as_bytes());
+                        o.extend_from_slice(b"\r\n");
+                    });
+                    return;
+                }
+                self.stats.inc(Counter::LocalOptions);
+                self.reply_with(now, m, src, local, 200, "OK", |o| {
+                    let _ = write!(o, "Allow: {ALLOW}\r\nAccept: application/sdp\r\nSupported: path\r\n");
+                });
+            }
+            _ => self.route_to_user(now, src, local, m, &hot, &ruri),
+        }
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn on_register(
+        &mut self,
+        now: Millis,
+        src: SocketAddr,
+        local: SocketAddr,
+        gid: GroupId,
+        kind: GroupKind,
+        auth_mode: AuthMode,
+        m: &Message<'_>,
+        hot: &msg::Hot<'_>,
+        ruri: &Uri<'_>,
+    ) {
+        let shared = Arc::clone(&self.shared);
+        let fail = |e: &mut Engine| {
+            e.stats.inc(Counter::RegisterFailed);
+            e.stats.inc_group(gid, GroupCounter::RegisterFailed);
+        };
+        // §10.3 step 1: the Request-URI must name the domain we serve.
+        if !shared.is_local_host(ruri.host) {
+            fail(self);
+            self.reply(now, m, src, local, 403, "Forbidden - Domain Not Served");
+            return;
+        }
+        if kind == GroupKind::Server {
+            // Forwarding REGISTERs from server-type groups is the forwarding issue's job;
+            // until then a clear refusal, and never a stored binding.
+            fail(self);
+            self.reply(now, m, src, local, 403, "Forbidden - REGISTER From Server IP Group Not Accepted");
+            return;
+        }
+        // §10.3 step 5: the AOR, from To, canonical, and valid for our domain.
+        let to_uri = match hot.to.parsed_uri() {
+            Ok(u) => u,
+            Err(_) => {
+                fail(self);
+                self.reply(now, m, src, local, 400, "Malformed To URI");
+                return;
+            }
+        };
+        if !to_uri.is_sip() {
+            fail(self);
+            self.reply(now, m, src, local, 404, "Not Found - AOR Must Be A SIP URI");
+            return;
+        }
+        if to_uri.user.is_none() || !shared.is_local_host(to_uri.host) {
+            fail(self);
+            self.reply(now, m, src, local, 404, "Not Found - AOR Not In This Domain");
+            return;
+        }
+        let aor = canonical_aor(&to_uri, &shared.config.domain);
+
+        // §10.3 steps 2-3 (auth) come before touching bindings.
+        if auth_mode == AuthMode::Local {
+            let Some(auth) = shared.auth.as_ref() else {
+                fail(self);
+                self.reply(now, m, src, local, 500, "Server Internal Error - No Auth Configured");
+                return;
+            };
+            let uri_str = std::str::from_utf8(m.request_uri().unwrap_or(b"")).unwrap_or("");
+            let outcome = auth.verify(now, "REGISTER", uri_str, m.header_lines(HeaderName::Authorization), &shared.users);
+            match outcome {
+                AuthOutcome::Authenticated { username } => {
+                    // §10.3 step 3: may this user modify this AOR? Our policy: the
+                    // authenticated username must be the AOR's user part.
+                    let to_user = aor_user(&aor);
+                    if to_user != username {
+                        self.stats.inc(Counter::AuthFailures);
+                        fail(self);
+                        self.reply(now, m, src, local, 403, "Forbidden - User Not Allowed To Register This AOR");
+                        return;
+                    }
+                }
+                AuthOutcome::BadRequest(reason) => {
+                    fail(self);
+                    self.reply(now, m, src, local, 400, reason);
+                    return;
+                }
+                other => {
+                    let stale = matches!(other, AuthOutcome::Stale);
+                    match other {
+                        AuthOutcome::Stale => self.stats.inc(Counter::AuthStale),
+                        AuthOutcome::Failed(FailReason::BadNonce) | AuthOutcome::NoCredentials => {}
+                        AuthOutcome::Failed(_) => self.stats.inc(Counter::AuthFailures),
+                        _ => {}
+                    }
+                    self.stats.inc(Counter::AuthChallenges);
+                    self.reply_with(now, m, src, local, 401, "Unauthorized", |o| auth.challenge(now, stale, o));
+                    return;
+                }
+            }
+        }
+
+        // Contacts (§10.3 step 6).
+        let mut star = false;
+        let mut keys: smallvec::SmallVec<[String; 4]> = smallvec::SmallVec::new();
+        let mut parsed: smallvec::SmallVec<[(NameAddr<'_>, Uri<'_>); 4]> = smallvec::SmallVec::new();
+        for item in m.list(HeaderName::Contact) {
+            if item == b"*" {
+                star = true;
+                continue;
+            }
+            let Ok(na) = NameAddr::parse(item) else {
+                fail(self);
+                self.reply(now, m, src, local, 400, "Malformed Contact");
+                return;
+            };
+            let Ok(uri) = na.parsed_uri() else {
+                fail(self);
+                self.reply(now, m, src, local, 400, "Malformed Contact URI");
+                return;
+            };
+            if !na.params_ok() {
+                fail(self);
+                self.reply(now, m, src, local, 400, "Malformed Contact Parameters");
+                return;
+            }
+            if parsed.len() >= MAX_CONTACTS_PER_REQUEST {
+                fail(self);
+                self.reply(now, m, src, local, 403, "Forbidden - Too Many Contacts In Request");
+                return;
+            }
+            keys.push(uri.key());
+            parsed.push((na, uri));
+        }
+        let mut contacts: smallvec::SmallVec<[ContactReq<'_>; 4]> = smallvec::SmallVec::new();
+        for (i, (na, _uri)) in parsed.iter().enumerate() {
+            let expires = match na.param("expires") {
+                None | Some(None) => None,
+                Some(Some(v)) => match fields::parse_u32(fields::unquote(v), true) {
+                    Ok(e) => Some(e),
+                    Err(_) => {
+                        fail(self);
+                        self.reply(now, m, src, local, 400, "Malformed Contact expires Parameter");
+                        return;
+                    }
+                },
+            };
+            let q = match na.param("q") {
+                None | Some(None) => None,
+                Some(Some(v)) => match parse_q(v) {
+                    Some(q) => Some(q),
+                    None => {
+                        fail(self);
+                        self.reply(now, m, src, local, 400, "Malformed q Value");
+                        return;
+                    }
+                },
+            };
+            let instance = na.param("+sip.instance").flatten().and_then(|v| std::str::from_utf8(v).ok());
+            let reg_id = na.param("reg-id").flatten().and_then(|v| fields::parse_u32(v, false).ok());
+            contacts.push(ContactReq {
+                uri: std::str::from_utf8(na.uri).unwrap_or(""),
+                key: &keys[i],
+                expires,
+                q,
+                instance,
+                reg_id,
+            });
+        }
+        let expires_header = match m.expires() {
+            Ok(e) => e,
+            Err(_) => {
+                fail(self);
+                self.reply(now, m, src, local, 400, "Malformed Expires");
+                return;
+            }
+        };
+        let path: smallvec::SmallVec<[&str; 2]> =
+            m.list(HeaderName::Path).filter_map(|p| std::str::from_utf8(p).ok()).collect();
+        let call_id = std::str::from_utf8(hot.call_id).unwrap_or("");
+        let transport = transport_of(hot.via.transport);
+        let req = RegisterReq {
+            aor: &aor,
+            call_id,
+            cseq: hot.cseq.seq,
+            star,
+            contacts: &contacts,
+            expires_header,
+            source: src,
+            transport,
+            path: &path,
+            group: gid,
+        };
+        let jitter: u32 = self.rng.gen();
+        let mut bindings = std::mem::take(&mut self.bindings);
+        let result = shared.registrar.register_into(now, &req, jitter, &mut bindings);
+        match result {
+            Ok(_) | Err(RegisterError::Duplicate) => {
+                self.stats.inc(Counter::RegisterOk);
+                self.stats.inc_group(gid, GroupCounter::RegisterOk);
+                let echo_path = !path.is_empty();
+                let bref = &bindings;
+                self.reply_with(now, m, src, local, 200, "OK", |o| {
+                    for b in bref.iter() {
+                        o.extend_from_slice(b"Contact: <");
+                        o.extend_from_slice(b.uri.as_bytes());
+                        let _ = write!(o, ">;expires={}", b.expires);
+                        if let Some(q) = b.q {
+                            write_q(o, q);
+                        }
+                        if let Some(inst) = b.instance {
+                            o.extend_from_slice(b";+sip.instance=");
+                            o.extend_from_slice(inst.as_bytes());
+                        }
+                        if let Some(r) = b.reg_id {
+                            let _ = write!(o, ";reg-id={r}");
+                        }
+                        o.extend_from_slice(b"\r\n");
+                    }
+                    if echo_path {
+                        // RFC 3327 §5.3: the registrar echoes the Path it stored.
+                        for p in m.header_lines(HeaderName::Path) {
+                            o.extend_from_slice(b"Path: ");
+                            o.extend_from_slice(p);
+                            o.extend_from_slice(b"\r\n");
+                        }
+                    }
+                    o.extend_from_slice(b"Date: ");
+                    o.extend_from_slice(http_date(now).as_bytes());
+                    o.extend_from_slice(b"\r\n");
+                });
+            }
+            Err(e) => {
+                fail(self);
+                match e {
+                    RegisterError::IntervalTooBrief { min_expires } => {
+                        self.reply_with(now, m, src, local, 423, "Interval Too Brief", |o| {
+                            let _ = write!(o, "Min-Expires: {min_expires}\r\n");
+                        });
+                    }
+                    RegisterError::BadRequest(reason) => self.reply(now, m, src, local, 400, reason),
+                    RegisterError::OutOfOrder => {
+                        self.reply(now, m, src, local, 500, "Server Internal Error - Out Of Order CSeq")
+                    }
+                    RegisterError::TooManyContacts { .. } => {
+                        self.reply(now, m, src, local, 503, "Service Unavailable - Too Many Registered Contacts")
+                    }
+                    RegisterError::Full => {
+                        self.reply_with(now, m, src, local, 503, "Service Unavailable - Location Service Full", |o| {
+                            o.extend_from_slice(b"Retry-After: 60\r\n");
+                        })
+                    }
+                    RegisterError::Duplicate => unreachable!("handled above"),
+                }
+            }
+        }
+        self.bindings = bindings;
+    }
+
+    /// Location service (RFC 3261 §16): requests for our domain's users go statelessly to
+    /// the best current binding (highest q, then most recent: the registrar's order).
+    fn route_to_user(&mut self, now: Millis, src: SocketAddr, local: SocketAddr, m: &Message<'_>, hot: &msg::Hot<'_>, ruri: &Uri<'_>) {
+        let shared = Arc::clone(&self.shared);
+        let method = m.method().unwrap_or(Method::Other);
+        if !shared.is_local_host(ruri.host) {
+            // We are no open relay; outbound routing to other domains is the routing issue.
+            if method != Method::Ack {
+                self.reply(now, m, src, local, 403, "Forbidden - Relaying Denied");
+            }
+            return;
+        }
+        if ruri.user.is_none() {
+            // Addressed to the server itself, but not something we serve.
+            let code = if method == Method::Other { 501 } else { 405 };
+            let reason = if code == 501 { "Not Implemented" } else { "Method Not Allowed" };
+            self.reply_with(now, m, src, local, code, reason, |o| {
+                let _ = write!(o, "Allow: {ALLOW}\r\n");
+            });
+            return;
+        }
+        // RFC 3261 §16.3 step 5: a proxy rejects unsupported Proxy-Require.
+        if let Some(bad) = unsupported_requires(m, HeaderName::ProxyRequire) {
+            self.reply_with(now, m, src, local, 420, "Bad Extension", |o| {
+                o.extend_from_slice(b"Unsupported: ");
+                o.extend_from_slice(bad.as_bytes());
+                o.extend_from_slice(b"\r\n");
+            });
+            return;
+        }
+        // §16.3 step 3: Max-Forwards.
+        let mf = hot.max_forwards.unwrap_or(70);
+        if mf == 0 {
+            if method == Method::Options {
+                // §16.3: a proxy may answer an OPTIONS whose Max-Forwards is exhausted.
+                self.reply_with(now, m, src, local, 200, "OK", |o| {
+                    let _ = write!(o, "Allow: {ALLOW}\r\nAccept: application/sdp\r\nSupported: path\r\n");
+                });
+            } else {
+                self.reply(now, m, src, local, 483, "Too Many Hops");
+            }
+            return;
+        }
+        let aor = canonical_aor(ruri, &shared.config.domain);
+        let mut target: Option<(String, SocketAddr, Vec<String>)> = None;
+        shared.registrar.lookup_with(&aor, now, |b| {
+            if target.is_none() {
+                target = Some((b.uri.to_string(), b.source, b.path().map(str::to_string).collect()));
+            }
+        });
+        let Some((contact, dst, path)) = target else {
+            if method == Method::Ack {
+                return;
+            }
+            self.stats.inc(Counter::NotFound);
+            let user = aor_user(&aor);
+            if shared.users.contains(user) {
+                self.reply(now, m, src, local, 480, "Temporarily Unavailable");
+            } else {
+                self.reply(now, m, src, local, 404, "Not Found");
+            }
+            return;
+        };
+        // §16.6: copy, new Request-URI, Route from the stored Path, Max-Forwards - 1, our Via.
+        let mut out = Vec::with_capacity(m.body.len() + 1024);
+        let StartLine::Request { method_raw, .. } = m.start else { return };
+        out.extend_from_slice(method_raw);
+        out.push(b' ');
+        out.extend_from_slice(contact.as_bytes());
+        out.extend_from_slice(b" SIP/2.0\r\n");
+        // Our Via, with a branch derived from the incoming one so that a CANCEL or a
+        // non-2xx ACK takes the same branch as its INVITE (§16.11).
+        let mut h: u64 = 0xcbf29ce484222325;
+        for &b in hot.via.branch.unwrap_or(b"").iter().chain(hot.call_id).chain(hot.via.host) {
+            h ^= b as u64;
+            h = h.wrapping_mul(0x100000001b3);
+        }
+        let via_host = via_sent_by(local, &shared.config.domain);
+        out.extend_from_slice(b"Via: SIP/2.0/UDP ");
+        out.extend_from_slice(via_host.as_bytes());
+        out.extend_from_slice(b";branch=");
+        out.extend_from_slice(OUR_BRANCH);
+        let _ = write!(out, "{h:016x}\r\n");
+        let mut first_via = true;
+        for p in &path {
+            let _ = write!(out, "Route: {p}\r\n");
+        }
+        for hdr in m.headers() {
+            match hdr.name {
+                HeaderName::MaxForwards | HeaderName::ContentLength => continue,
+                HeaderName::Via if first_via => {
+                    first_via = false;
+                    // The received/rport of the previous hop, so responses find it (§18.2.1).
+                    out.extend_from_slice(b"Via: ");
+                    write_top_via(&mut out, &hot.via, src);
+                    let mut rest = fields::split_list(hdr.value);
+                    rest.next();
+                    for r in rest {
+                        out.extend_from_slice(b", ");
+                        out.extend_from_slice(r);
+                    }
+                    out.extend_from_slice(b"\r\n");
+                    continue;
+                }
+                HeaderName::Route => {
+                    // Loose routing (§16.4): a Route naming us was for us; drop it.
+                    if NameAddr::parse(hdr.value)
+                        .ok()
+                        .and_then(|n| n.parsed_uri().ok())
+                        .is_some_and(|u| shared.is_local_host(u.host))
+                    {
+                        continue;
+                    }
+                }
+                _ => {}
+            }
+            if hdr.name == HeaderName::Other || hdr.name.canonical().is_empty() {
+                out.extend_from_slice(hdr.raw_name);
+            } else {
+                out.extend_from_slice(hdr.name.canonical().as_bytes());
+            }
+            out.extend_from_slice(b": ");
+            out.extend_from_slice(hdr.value);
+            out.extend_from_slice(b"\r\n");
+        }
+        let _ = write!(out, "Max-Forwards: {}\r\nContent-Length: {}\r\n\r\n", mf - 1, m.body.len());
+        out.extend_from_slice(m.body);
+        self.stats.inc(Counter::Forwarded);
+        self.send(dst, local, out);
+    }
+
+    /// A response to something we proxied: drop our Via and send it on by the next one
+    /// (§16.7 step 9 / §18.2.2). Anything else is a stray response and is dropped.
+    fn on_response(&mut self, _src: SocketAddr, local: SocketAddr, m: &Message<'_>) {
+        let Some(top) = m.top_via else {
+            self.stats.inc(Counter::DropResponseNoVia);
+            return;
+        };
+        if !top.branch.is_some_and(|b| b.starts_with(OUR_BRANCH)) {
+            self.stats.inc(Counter::DropResponseNoVia);
+            return;
+        }
+        // The next Via: the rest of the first Via line, or the next Via line.
+        let mut vias = m.list(HeaderName::Via);
+        vias.next();
+        let Some(next_raw) = vias.next() else {
+            self.stats.inc(Counter::DropResponseNoVia);
+            return;
+        };
+        let Ok(next) = Via::parse(next_raw) else {
+            self.stats.inc(Counter::DropResponseNoVia);
+            return;
+        };
+        let ip_str = next.received.map(fields::trim).unwrap_or(next.host);
+        let ip_str = std::str::from_utf8(ip_str).unwrap_or("").trim_start_matches('[').trim_end_matches(']');
+        let Ok(ip) = ip_str.parse::<IpAddr>() else {
+            // A sent-by host name would need DNS (RFC 3263); not resolvable in the core.
+            self.stats.inc(Counter::DropResponseNoVia);
+            return;
+        };
+        let port = match next.rport {
+            Some(Some(p)) => p,
+            _ => next.port.unwrap_or(5060),
+        };
+        let mut out = Vec::with_capacity(m.body.len() + 512);
+        let StartLine::Response { code, reason } = m.start else { return };
+        let _ = write!(out, "SIP/2.0 {code} ");
+        out.extend_from_slice(reason);
+        out.extend_from_slice(b"\r\n");
+        let mut removed = false;
+        for hdr in m.headers() {
+            if hdr.name == HeaderName::ContentLength {
+                continue;
+            }
+            if hdr.name == HeaderName::Via && !removed {
+                removed = true;
+                let mut items = fields::split_list(hdr.value);
+                items.next();
+                let rest: Vec<&[u8]> = items.collect();
+                if rest.is_empty() {
+                    continue;
+                }
+                out.extend_from_slice(b"Via: ");
+                out.extend_from_slice(&rest.join(&b", "[..]));
+                out.extend_from_slice(b"\r\n");
+                continue;
+            }
+            if hdr.name == HeaderName::Other {
+                out.extend_from_slice(hdr.raw_name);
+            } else {
+                out.extend_from_slice(hdr.name.canonical().as_bytes());
+            }
+            out.extend_from_slice(b": ");
+            out.extend_from_slice(hdr.value);
+            out.extend_from_slice(b"\r\n");
+        }
+        let _ = write!(out, "Content-Length: {}\r\n\r\n", m.body.len());
+        out.extend_from_slice(m.body);
+        self.stats.inc(Counter::RelayedResponses);
+        self.send(SocketAddr::new(ip, port), local, out);
+    }
 }
+
+/// Canonical AOR with our domain name substituted when the host is one of our aliases, so
+/// `sip:alice@127.0.0.1` and `sip:alice@example.test` are the same user.
+fn canonical_aor(uri: &Uri<'_>, domain: &str) -> String {
+    let mut s = String::with_capacity(uri.raw.len() + domain.len());
+    s.push_str(if uri.scheme == Scheme::Sips { "sips:" } else { "sip:" });
+    if let Some(u) = uri.user {
+        crate::msg::uri::unescape_into(u, &mut s);
+        s.push('@');
+    }
+    s.push_str(&domain.to_ascii_lowercase());
+    s
+}
+
+/// The user part of a canonical AOR.
+fn aor_user(aor: &str) -> &str {
+    let rest = aor.split_once(':').map(|(_, r)| r).unwrap_or(aor);
+    rest.rsplit_once('@').map(|(u, _)| u).unwrap_or("")
+}
+
+/// First option tag of `Require`/`Proxy-Require` we do not support, comma-joined with the
+/// others (RFC 3261 §8.2.2.3 lists them all in Unsupported).
+fn unsupported_requires(m: &Message<'_>, which: HeaderName) -> Option<String> {
+    let bad: Vec<String> = m
+        .list(which)
+        .filter(|t| !SUPPORTED.iter().any(|s| t.eq_ignore_ascii_case(s.as_bytes())))
+        .map(|t| String::from_utf8_lossy(t).into_owned())
+        .collect();
+    (!bad.is_empty()).then(|| bad.join(", "))
+}
+
+/// `q` value (RFC 3261 §25.1 qvalue: "0" ["." 0*3DIGIT] / "1" ["." 0*3("0")]) → ×1000.
+fn parse_q(v: &[u8]) -> Option<u16> {
+    let v = fields::trim(v);
+    let (int, frac) = match memchr::memchr(b'.', v) {
+        Some(d) => (&v[..d], &v[d + 1..]),
+        None => (v, &b""[..]),
+    };
+    if int.len() != 1 || frac.len() > 3 || !frac.iter().all(u8::is_ascii_digit) {
+        return None;
+    }
+    let mut milli = 0u16;
+    for i in 0..3 {
+        milli = milli * 10 + frac.get(i).map(|d| (d - b'0') as u16).unwrap_or(0);
+    }
+    match int[0] {
+        b'0' => Some(milli),
+        b'1' if milli == 0 => Some(1000),
+        _ => None,
+    }
+}
+
+fn write_q(o: &mut Vec<u8>, q: u16) {
+    if q >= 1000 {
+        o.extend_from_slice(b";q=1");
+    } else {
+        let s = format!("{:03}", q);
+        let s = s.trim_end_matches('0');
+        let _ = write!(o, ";q=0.{}", if s.is_empty() { "0" } else { s });
+    }
+}
+
+fn transport_of(t: &[u8]) -> RegTransport {
+    if t.eq_ignore_ascii_case(b"TCP") {
+        RegTransport::Tcp
+    } else if t.eq_ignore_ascii_case(b"TLS") {
+        RegTransport::Tls
+    } else if t.eq_ignore_ascii_case(b"SCTP") {
+        RegTransport::Sctp
+    } else if t.eq_ignore_ascii_case(b"WS") {
+        RegTransport::Ws
+    } else if t.eq_ignore_ascii_case(b"WSS") {
+        RegTransport::Wss
+    } else {
+        RegTransport::Udp
+    }
+}
+
+/// Our sent-by: the local address the request came in on, unless that is a wildcard.
+fn via_sent_by(local: SocketAddr, domain: &str) -> String {
+    if local.ip().is_unspecified() {
+        format!("{domain}:{}", local.port())
+    } else {
+        local.to_string()
+    }
+}
+
+/// RFC 3261 §20.17 Date (RFC 1123 form, GMT), from the caller's clock — a pure conversion.
+fn http_date(now: Millis) -> String {
+    httpdate::fmt_http_date(std::time::UNIX_EPOCH + std::time::Duration::from_millis(now.0))
+}
+
+#[cfg(test)]
+mod tests;

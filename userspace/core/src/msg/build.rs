@@ -4,8 +4,8 @@
 //! Responses are written straight into a `Vec<u8>` with no intermediate structures: this is
 //! on the hot path of every REGISTER.
 
-use super::fields::{params, trim};
-use super::{HeaderName, Hot, Message};
+use super::fields::{params, trim, NameAddr, Via};
+use super::{HeaderName, Message};
 use std::io::Write;
 use std::net::{IpAddr, SocketAddr};
 
@@ -39,8 +39,7 @@ pub fn default_reason(code: u16) -> &'static str {
 
 /// Writes the top Via value with `received` and `rport` filled in for a request that came
 /// from `src` (RFC 3261 §18.2.1, RFC 3581 §4). Other parameters keep their order.
-pub fn write_top_via(out: &mut Vec<u8>, hot: &Hot<'_>, src: SocketAddr) {
-    let via = &hot.via;
+pub fn write_top_via(out: &mut Vec<u8>, via: &Via<'_>, src: SocketAddr) {
     let raw = via.raw;
     // `params` is a sub-slice of `raw`; everything before it is "SIP/2.0/UDP sent-by".
     let prefix_len = (via.params.as_ptr() as usize).saturating_sub(raw.as_ptr() as usize).min(raw.len());
@@ -79,20 +78,20 @@ pub fn write_top_via(out: &mut Vec<u8>, hot: &Hot<'_>, src: SocketAddr) {
 /// Where a response to this request goes (RFC 3261 §18.2.2 for UDP, RFC 3581 §4):
 /// with `rport` to the source address and port; else to `received` (or the source address)
 /// at the sent-by port, default 5060.
-pub fn response_destination(hot: &Hot<'_>, src: SocketAddr) -> SocketAddr {
-    if hot.via.rport.is_some() {
+pub fn response_destination(via: &Via<'_>, src: SocketAddr) -> SocketAddr {
+    if via.rport.is_some() {
         return src;
     }
     // Without rport we still send to the packet's source address (what `received` would
     // say), at the port the client advertised.
-    SocketAddr::new(src.ip(), hot.via.port.unwrap_or(5060))
+    SocketAddr::new(src.ip(), via.port.unwrap_or(5060))
 }
 
 /// A deterministic To tag for a request: a retransmission or a stateless re-answer gets the
 /// same tag. FNV-1a over Call-ID, From tag and the branch.
-pub fn local_tag(hot: &Hot<'_>) -> u64 {
+pub fn local_tag(call_id: &[u8], from: &[u8], branch: &[u8]) -> u64 {
     let mut h: u64 = 0xcbf29ce484222325;
-    for part in [hot.call_id, hot.from.tag().unwrap_or(b""), hot.via.branch.unwrap_or(b"")] {
+    for part in [call_id, from, branch] {
         for &b in part {
             h ^= b as u64;
             h = h.wrapping_mul(0x100000001b3);
@@ -104,9 +103,14 @@ pub fn local_tag(hot: &Hot<'_>) -> u64 {
 }
 
 /// Response head: status line, Via (top one rewritten), From, To (with our tag unless the
-/// request had one or this is a 100), Call-ID, CSeq. The caller appends its own headers and
-/// then calls [`finish`].
-pub fn response_head(out: &mut Vec<u8>, req: &Message<'_>, hot: &Hot<'_>, src: SocketAddr, code: u16, reason: &str) {
+/// request had one or this is a 100), Call-ID, CSeq — copied as received, so a defective
+/// request missing some of them still gets an answer. Needs a parseable top Via
+/// (`req.top_via`); without one nothing is written and `false` returned. The caller appends
+/// its own headers and then calls [`finish`].
+pub fn response_head(out: &mut Vec<u8>, req: &Message<'_>, src: SocketAddr, code: u16, reason: &str) -> bool {
+    let Some(top_via) = req.top_via else {
+        return false;
+    };
     out.reserve(512);
     let _ = write!(out, "SIP/2.0 {code} {reason}\r\n");
     let mut first = true;
@@ -114,7 +118,7 @@ pub fn response_head(out: &mut Vec<u8>, req: &Message<'_>, hot: &Hot<'_>, src: S
         out.extend_from_slice(b"Via: ");
         if first {
             first = false;
-            write_top_via(out, hot, src);
+            write_top_via(out, &top_via, src);
             // The rest of the first Via line (further comma-separated values).
             let mut items = super::fields::split_list(line);
             items.next();
@@ -127,19 +131,34 @@ pub fn response_head(out: &mut Vec<u8>, req: &Message<'_>, hot: &Hot<'_>, src: S
         }
         out.extend_from_slice(b"\r\n");
     }
-    out.extend_from_slice(b"From: ");
-    out.extend_from_slice(req.header(HeaderName::From).unwrap_or(b""));
-    out.extend_from_slice(b"\r\nTo: ");
-    out.extend_from_slice(req.header(HeaderName::To).unwrap_or(b""));
-    if hot.to.tag().is_none() && code > 100 {
-        let _ = write!(out, ";tag={:016x}", local_tag(hot));
+    let from = req.header(HeaderName::From);
+    let call_id = req.header(HeaderName::CallId);
+    if let Some(f) = from {
+        out.extend_from_slice(b"From: ");
+        out.extend_from_slice(f);
+        out.extend_from_slice(b"\r\n");
     }
-    out.extend_from_slice(b"\r\nCall-ID: ");
-    out.extend_from_slice(hot.call_id);
-    out.extend_from_slice(b"\r\nCSeq: ");
-    let _ = write!(out, "{} ", hot.cseq.seq);
-    out.extend_from_slice(hot.cseq.method);
-    out.extend_from_slice(b"\r\n");
+    if let Some(to) = req.header(HeaderName::To) {
+        out.extend_from_slice(b"To: ");
+        out.extend_from_slice(to);
+        let has_tag = NameAddr::parse(to).map(|n| n.tag().is_some()).unwrap_or(true);
+        if !has_tag && code > 100 {
+            let tag = local_tag(call_id.unwrap_or(b""), from.unwrap_or(b""), top_via.branch.unwrap_or(b""));
+            let _ = write!(out, ";tag={tag:016x}");
+        }
+        out.extend_from_slice(b"\r\n");
+    }
+    if let Some(c) = call_id {
+        out.extend_from_slice(b"Call-ID: ");
+        out.extend_from_slice(c);
+        out.extend_from_slice(b"\r\n");
+    }
+    if let Some(c) = req.header(HeaderName::CSeq) {
+        out.extend_from_slice(b"CSeq: ");
+        out.extend_from_slice(c);
+        out.extend_from_slice(b"\r\n");
+    }
+    true
 }
 
 /// Server header, Content-Length and the body.
@@ -153,12 +172,14 @@ pub fn finish(out: &mut Vec<u8>, server: &str, body: &[u8]) {
     out.extend_from_slice(body);
 }
 
-/// A complete response with no extra headers.
-pub fn simple_response(req: &Message<'_>, hot: &Hot<'_>, src: SocketAddr, code: u16, reason: &str, server: &str) -> Vec<u8> {
+/// A complete response with no extra headers (`None` without a usable top Via).
+pub fn simple_response(req: &Message<'_>, src: SocketAddr, code: u16, reason: &str, server: &str) -> Option<Vec<u8>> {
     let mut out = Vec::with_capacity(512);
-    response_head(&mut out, req, hot, src, code, reason);
+    if !response_head(&mut out, req, src, code, reason) {
+        return None;
+    }
     finish(&mut out, server, b"");
-    out
+    Some(out)
 }
 
 #[cfg(test)]
@@ -174,9 +195,9 @@ Via: SIP/2.0/UDP 10.0.0.2;branch=z9hG4bKc\r\n\
 From: <sip:a@example.test>;tag=f1\r\nTo: <sip:x@example.test>\r\nCall-ID: cid\r\nCSeq: 7 OPTIONS\r\n\r\n";
         let mut s = Vec::new();
         let m = parse(raw, &mut s).unwrap();
-        let hot = m.hot.unwrap();
+        let via = m.top_via.unwrap();
         let src: SocketAddr = "192.0.2.55:40000".parse().unwrap();
-        let out = simple_response(&m, &hot, src, 200, "OK", "turnstile");
+        let out = simple_response(&m, src, 200, "OK", "turnstile").unwrap();
         let text = String::from_utf8(out).unwrap();
         assert!(text.starts_with("SIP/2.0 200 OK\r\n"), "{text}");
         assert!(
@@ -187,7 +208,7 @@ From: <sip:a@example.test>;tag=f1\r\nTo: <sip:x@example.test>\r\nCall-ID: cid\r\
         assert!(text.contains("To: <sip:x@example.test>;tag="));
         assert!(text.contains("CSeq: 7 OPTIONS\r\n"));
         assert!(text.ends_with("Content-Length: 0\r\n\r\n"));
-        assert_eq!(response_destination(&hot, src), src);
+        assert_eq!(response_destination(&via, src), src);
         // The built response parses back.
         let mut s2 = Vec::new();
         let back = parse(text.as_bytes(), &mut s2).unwrap();
@@ -200,11 +221,11 @@ From: <sip:a@example.test>;tag=f1\r\nTo: <sip:x@example.test>\r\nCall-ID: cid\r\
 From: <sip:a@y>;tag=1\r\nTo: <sip:x@y>;tag=2\r\nCall-ID: c\r\nCSeq: 1 OPTIONS\r\n\r\n";
         let mut s = Vec::new();
         let m = parse(raw, &mut s).unwrap();
-        let hot = m.hot.unwrap();
+        let via = m.top_via.unwrap();
         let src: SocketAddr = "192.0.2.55:40000".parse().unwrap();
-        let text = String::from_utf8(simple_response(&m, &hot, src, 200, "OK", "")).unwrap();
+        let text = String::from_utf8(simple_response(&m, src, 200, "OK", "").unwrap()).unwrap();
         assert!(text.contains("Via: SIP/2.0/UDP 192.0.2.55:5070;branch=z9hG4bKa\r\n"), "{text}");
         assert!(text.contains("To: <sip:x@y>;tag=2\r\n"), "existing To tag kept: {text}");
-        assert_eq!(response_destination(&hot, src), "192.0.2.55:5070".parse().unwrap());
+        assert_eq!(response_destination(&via, src), "192.0.2.55:5070".parse().unwrap());
     }
 }

@@ -179,8 +179,10 @@ pub struct Message<'a> {
     pub defect: Option<Defect>,
     /// Index in `headers` of the first occurrence of each hot header (u8::MAX: absent).
     first: [u8; HOT_SLOTS],
-    /// Parsed hot fields (set when there is no defect).
+    /// Parsed hot fields (set whenever they all validate, even on a defective request).
     pub hot: Option<Hot<'a>>,
+    /// The top Via, when it parses: enough to answer a defective request (RFC 4475 insuf).
+    pub top_via: Option<Via<'a>>,
 }
 
 const HOT_SLOTS: usize = 8;
@@ -264,6 +266,7 @@ pub fn parse<'a>(data: &'a [u8], scratch: &'a mut Vec<u8>) -> Result<Message<'a>
         defect: None,
         first: [u8::MAX; HOT_SLOTS],
         hot: None,
+        top_via: None,
     };
     if too_large {
         defect = defect.or(Some(Defect::TooLarge));
@@ -328,12 +331,13 @@ pub fn parse<'a>(data: &'a [u8], scratch: &'a mut Vec<u8>) -> Result<Message<'a>
         None => avail,
     };
 
-    if is_request && defect.is_none() {
+    msg.top_via = msg.header(HeaderName::Via).and_then(|v| fields::split_list(v).next()).and_then(|v| Via::parse(v).ok());
+    if is_request {
         match msg.validate_hot() {
             Ok(h) => msg.hot = Some(h),
-            Err(d) => defect = Some(d),
+            Err(d) => defect = defect.or(Some(d)),
         }
-    } else if !is_request {
+    } else {
         // Responses are routed by Via; a response we cannot parse that far is dropped.
         match msg.validate_hot() {
             Ok(h) => msg.hot = Some(h),
