@@ -1,0 +1,400 @@
+//! Kernel UDP sockets for the socket data plane: `SO_REUSEPORT` groups (one socket per worker
+//! per listen address, so the kernel spreads flows over workers without a shared lock) and
+//! batched IO with `recvmmsg(2)` / `sendmmsg(2)` (one syscall per batch instead of per datagram).
+//!
+//! The local address of a received datagram is the socket's bound address; `IP_PKTINFO` is not
+//! used, so listening on a wildcard address answers from the kernel's chosen source address.
+
+use std::io;
+use std::mem::{size_of, zeroed};
+use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr, SocketAddrV4, SocketAddrV6, UdpSocket};
+use std::os::fd::{AsRawFd, RawFd};
+
+/// Datagrams per `recvmmsg` / `sendmmsg` call.
+pub const BATCH: usize = 64;
+/// Receive slot size. SIP over UDP stays well below this (RFC 3261 §18.1.1 moves requests
+/// larger than the path MTU minus 200 bytes to TCP); longer datagrams are truncated and dropped.
+pub const SLOT: usize = 9216;
+/// Socket buffer we ask for; a storm is absorbed by our fair queues, this only smooths bursts.
+const SOCKET_BUFFER: usize = 4 << 20;
+
+fn bind_one(addr: SocketAddr) -> io::Result<UdpSocket> {
+    use socket2::{Domain, Protocol, Socket, Type};
+    let s = Socket::new(Domain::for_address(addr), Type::DGRAM, Some(Protocol::UDP))?;
+    if addr.is_ipv6() {
+        // Keep [::]:5060 and 0.0.0.0:5060 independent; both may be listed.
+        s.set_only_v6(true)?;
+    }
+    s.set_reuse_port(true)?;
+    // Best effort: the kernel caps at net.core.rmem_max / wmem_max.
+    let _ = s.set_recv_buffer_size(SOCKET_BUFFER);
+    let _ = s.set_send_buffer_size(SOCKET_BUFFER);
+    s.set_nonblocking(true)?;
+    s.bind(&addr.into())?;
+    Ok(s.into())
+}
+
+/// Binds `workers` sockets per listen address, all in one `SO_REUSEPORT` group per address.
+/// Result is indexed `[worker][listen index]`. Port 0 is resolved by the first bind and reused
+/// for the rest, so every worker serves the same port.
+pub fn bind_reuseport_groups(
+    listen: &[SocketAddr],
+    workers: usize,
+) -> io::Result<Vec<Vec<UdpSocket>>> {
+    let mut out: Vec<Vec<UdpSocket>> = (0..workers).map(|_| Vec::new()).collect();
+    for &addr in listen {
+        let first =
+            bind_one(addr).map_err(|e| io::Error::new(e.kind(), format!("bind {addr}: {e}")))?;
+        let actual = first.local_addr()?;
+        out[0].push(first);
+        for w in out.iter_mut().skip(1) {
+            w.push(
+                bind_one(actual)
+                    .map_err(|e| io::Error::new(e.kind(), format!("bind {actual}: {e}")))?,
+            );
+        }
+    }
+    Ok(out)
+}
+
+fn to_socket_addr(ss: &libc::sockaddr_storage) -> Option<SocketAddr> {
+    match ss.ss_family as libc::c_int {
+        libc::AF_INET => {
+            // SAFETY: the family says the storage holds a sockaddr_in; storage is large enough.
+            let sin = unsafe { &*(ss as *const _ as *const libc::sockaddr_in) };
+            let ip = Ipv4Addr::from(u32::from_be(sin.sin_addr.s_addr));
+            Some(SocketAddr::V4(SocketAddrV4::new(
+                ip,
+                u16::from_be(sin.sin_port),
+            )))
+        }
+        libc::AF_INET6 => {
+            // SAFETY: as above, for sockaddr_in6.
+            let sin6 = unsafe { &*(ss as *const _ as *const libc::sockaddr_in6) };
+            let ip = Ipv6Addr::from(sin6.sin6_addr.s6_addr);
+            Some(SocketAddr::V6(SocketAddrV6::new(
+                ip,
+                u16::from_be(sin6.sin6_port),
+                sin6.sin6_flowinfo,
+                sin6.sin6_scope_id,
+            )))
+        }
+        _ => None,
+    }
+}
+
+fn from_socket_addr(addr: &SocketAddr, ss: &mut libc::sockaddr_storage) -> libc::socklen_t {
+    match addr {
+        SocketAddr::V4(a) => {
+            // SAFETY: sockaddr_storage is larger than and aligned for sockaddr_in.
+            let sin = unsafe { &mut *(ss as *mut _ as *mut libc::sockaddr_in) };
+            sin.sin_family = libc::AF_INET as libc::sa_family_t;
+            sin.sin_port = a.port().to_be();
+            sin.sin_addr = libc::in_addr {
+                s_addr: u32::from(*a.ip()).to_be(),
+            };
+            size_of::<libc::sockaddr_in>() as libc::socklen_t
+        }
+        SocketAddr::V6(a) => {
+            // SAFETY: as above, for sockaddr_in6.
+            let sin6 = unsafe { &mut *(ss as *mut _ as *mut libc::sockaddr_in6) };
+            sin6.sin6_family = libc::AF_INET6 as libc::sa_family_t;
+            sin6.sin6_port = a.port().to_be();
+            sin6.sin6_flowinfo = a.flowinfo();
+            sin6.sin6_addr = libc::in6_addr {
+                s6_addr: a.ip().octets(),
+            };
+            sin6.sin6_scope_id = a.scope_id();
+            size_of::<libc::sockaddr_in6>() as libc::socklen_t
+        }
+    }
+}
+
+/// Reusable `recvmmsg` state. Holds raw pointers into its own heap buffers (stable across
+/// moves of the struct), so it is created and used on one thread.
+pub struct RecvBatch {
+    bufs: Vec<u8>,
+    addrs: Vec<libc::sockaddr_storage>,
+    iovs: Vec<libc::iovec>,
+    hdrs: Vec<libc::mmsghdr>,
+    n: usize,
+}
+
+impl Default for RecvBatch {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl RecvBatch {
+    pub fn new() -> Self {
+        let mut bufs = vec![0u8; BATCH * SLOT];
+        // SAFETY: all-zero is a valid sockaddr_storage / mmsghdr.
+        let mut addrs: Vec<libc::sockaddr_storage> =
+            (0..BATCH).map(|_| unsafe { zeroed() }).collect();
+        let mut iovs: Vec<libc::iovec> = (0..BATCH)
+            .map(|i| libc::iovec {
+                iov_base: bufs[i * SLOT..].as_mut_ptr() as *mut libc::c_void,
+                iov_len: SLOT,
+            })
+            .collect();
+        let hdrs = (0..BATCH)
+            .map(|i| {
+                // SAFETY: zeroed mmsghdr is valid; pointers set below stay valid while the
+                // Vecs live (they are never resized).
+                let mut h: libc::mmsghdr = unsafe { zeroed() };
+                h.msg_hdr.msg_name = &mut addrs[i] as *mut _ as *mut libc::c_void;
+                h.msg_hdr.msg_namelen = size_of::<libc::sockaddr_storage>() as libc::socklen_t;
+                h.msg_hdr.msg_iov = &mut iovs[i];
+                h.msg_hdr.msg_iovlen = 1;
+                h
+            })
+            .collect();
+        RecvBatch {
+            bufs,
+            addrs,
+            iovs,
+            hdrs,
+            n: 0,
+        }
+    }
+
+    /// Receives up to [`BATCH`] datagrams without blocking; `Ok(0)` when none are waiting.
+    pub fn recv(&mut self, fd: RawFd) -> io::Result<usize> {
+        for h in &mut self.hdrs {
+            h.msg_hdr.msg_namelen = size_of::<libc::sockaddr_storage>() as libc::socklen_t;
+            h.msg_hdr.msg_flags = 0;
+            h.msg_len = 0;
+        }
+        debug_assert_eq!(self.iovs.len(), BATCH);
+        // SAFETY: hdrs point into live buffers owned by self; BATCH entries.
+        let r = unsafe {
+            libc::recvmmsg(
+                fd,
+                self.hdrs.as_mut_ptr(),
+                BATCH as libc::c_uint,
+                libc::MSG_DONTWAIT,
+                std::ptr::null_mut(),
+            )
+        };
+        if r < 0 {
+            self.n = 0;
+            let e = io::Error::last_os_error();
+            return match e.kind() {
+                io::ErrorKind::WouldBlock | io::ErrorKind::Interrupted => Ok(0),
+                // ICMP errors queued on the socket (e.g. port unreachable for an earlier reply)
+                // surface here; they are not fatal for a UDP server.
+                _ if e.raw_os_error() == Some(libc::ECONNREFUSED) => Ok(0),
+                _ => Err(e),
+            };
+        }
+        self.n = r as usize;
+        Ok(self.n)
+    }
+
+    /// Datagram `i` of the last `recv`: `None` if it was truncated or has no usable source.
+    pub fn get(&self, i: usize) -> Option<(SocketAddr, &[u8])> {
+        if i >= self.n {
+            return None;
+        }
+        let h = &self.hdrs[i];
+        if h.msg_hdr.msg_flags & libc::MSG_TRUNC != 0 {
+            return None;
+        }
+        let src = to_socket_addr(&self.addrs[i])?;
+        let len = (h.msg_len as usize).min(SLOT);
+        Some((src, &self.bufs[i * SLOT..i * SLOT + len]))
+    }
+}
+
+/// Reusable `sendmmsg` state.
+pub struct SendBatch {
+    addrs: Vec<libc::sockaddr_storage>,
+    iovs: Vec<libc::iovec>,
+    hdrs: Vec<libc::mmsghdr>,
+}
+
+impl Default for SendBatch {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+/// Outcome of [`SendBatch::send`].
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct SendResult {
+    pub sent: usize,
+    pub failed: usize,
+}
+
+impl SendBatch {
+    pub fn new() -> Self {
+        SendBatch {
+            // SAFETY: all-zero is valid for these C structs.
+            addrs: (0..BATCH).map(|_| unsafe { zeroed() }).collect(),
+            iovs: (0..BATCH)
+                .map(|_| libc::iovec {
+                    iov_base: std::ptr::null_mut(),
+                    iov_len: 0,
+                })
+                .collect(),
+            hdrs: (0..BATCH).map(|_| unsafe { zeroed() }).collect(),
+        }
+    }
+
+    /// Sends every `(dst, payload)`; a full socket buffer is waited for briefly, a datagram the
+    /// kernel refuses (unreachable, bad address) is skipped and counted as failed.
+    pub fn send<'a>(
+        &mut self,
+        fd: RawFd,
+        items: impl ExactSizeIterator<Item = (SocketAddr, &'a [u8])>,
+    ) -> SendResult {
+        let mut res = SendResult::default();
+        let mut items = items.peekable();
+        while items.peek().is_some() {
+            let mut n = 0;
+            for (dst, payload) in items.by_ref().take(BATCH) {
+                let len = from_socket_addr(&dst, &mut self.addrs[n]);
+                self.iovs[n] = libc::iovec {
+                    iov_base: payload.as_ptr() as *mut libc::c_void,
+                    iov_len: payload.len(),
+                };
+                let h = &mut self.hdrs[n].msg_hdr;
+                h.msg_name = &mut self.addrs[n] as *mut _ as *mut libc::c_void;
+                h.msg_namelen = len;
+                h.msg_iov = &mut self.iovs[n];
+                h.msg_iovlen = 1;
+                h.msg_control = std::ptr::null_mut();
+                h.msg_controllen = 0;
+                h.msg_flags = 0;
+                n += 1;
+            }
+            let mut off = 0;
+            let mut waits = 0;
+            while off < n {
+                // SAFETY: hdrs[off..n] point at live addresses and payload slices borrowed for 'a.
+                let r = unsafe {
+                    libc::sendmmsg(
+                        fd,
+                        self.hdrs[off..].as_mut_ptr(),
+                        (n - off) as libc::c_uint,
+                        libc::MSG_DONTWAIT,
+                    )
+                };
+                if r > 0 {
+                    off += r as usize;
+                    res.sent += r as usize;
+                    continue;
+                }
+                let e = io::Error::last_os_error();
+                match e.kind() {
+                    io::ErrorKind::Interrupted => continue,
+                    io::ErrorKind::WouldBlock if waits < 10 => {
+                        waits += 1;
+                        let mut p = libc::pollfd {
+                            fd,
+                            events: libc::POLLOUT,
+                            revents: 0,
+                        };
+                        // SAFETY: one valid pollfd.
+                        unsafe { libc::poll(&mut p, 1, 1) };
+                    }
+                    io::ErrorKind::WouldBlock => {
+                        res.failed += n - off;
+                        off = n;
+                    }
+                    _ => {
+                        // The first datagram of the rest was refused; skip it, keep the others.
+                        res.failed += 1;
+                        off += 1;
+                    }
+                }
+            }
+        }
+        res
+    }
+}
+
+/// Waits until one of `fds` is readable or `timeout_ms` passes.
+pub fn poll_readable(fds: &[RawFd], timeout_ms: i32) {
+    let mut p: Vec<libc::pollfd> = fds
+        .iter()
+        .map(|&fd| libc::pollfd {
+            fd,
+            events: libc::POLLIN,
+            revents: 0,
+        })
+        .collect();
+    // SAFETY: valid pollfd array of the given length.
+    unsafe { libc::poll(p.as_mut_ptr(), p.len() as libc::nfds_t, timeout_ms) };
+}
+
+/// The raw fd of a socket (for the batch calls).
+pub fn fd(s: &UdpSocket) -> RawFd {
+    s.as_raw_fd()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn addr_round_trip() {
+        for a in ["127.0.0.1:5060", "[::1]:5062", "[2001:db8::7]:1"] {
+            let a: SocketAddr = a.parse().unwrap();
+            // SAFETY: zeroed storage is valid.
+            let mut ss: libc::sockaddr_storage = unsafe { zeroed() };
+            from_socket_addr(&a, &mut ss);
+            assert_eq!(to_socket_addr(&ss), Some(a));
+        }
+    }
+
+    #[test]
+    fn reuseport_group_batches_loopback() {
+        let groups = bind_reuseport_groups(&["127.0.0.1:0".parse().unwrap()], 2).unwrap();
+        let a = groups[0][0].local_addr().unwrap();
+        assert_ne!(a.port(), 0);
+        assert_eq!(
+            groups[1][0].local_addr().unwrap(),
+            a,
+            "port 0 resolved once for the group"
+        );
+
+        let client = UdpSocket::bind("127.0.0.1:0").unwrap();
+        let caddr = client.local_addr().unwrap();
+        let mut tx = SendBatch::new();
+        let payloads: Vec<Vec<u8>> = (0..100u8).map(|i| vec![i; 10 + i as usize]).collect();
+        let res = tx.send(
+            fd(&client),
+            payloads
+                .iter()
+                .map(|p| (a, p.as_slice()))
+                .collect::<Vec<_>>()
+                .into_iter(),
+        );
+        assert_eq!(
+            res,
+            SendResult {
+                sent: 100,
+                failed: 0
+            }
+        );
+
+        // One client flow hashes to one socket of the group; read both until all 100 arrive.
+        let mut rx = RecvBatch::new();
+        let mut got = Vec::new();
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+        while got.len() < 100 && std::time::Instant::now() < deadline {
+            for w in &groups {
+                let n = rx.recv(fd(&w[0])).unwrap();
+                for i in 0..n {
+                    let (src, data) = rx.get(i).unwrap();
+                    assert_eq!(src, caddr);
+                    got.push(data.to_vec());
+                }
+            }
+            poll_readable(&[fd(&groups[0][0]), fd(&groups[1][0])], 10);
+        }
+        assert_eq!(got, payloads, "all datagrams, in order, intact");
+    }
+}

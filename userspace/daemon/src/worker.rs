@@ -1,0 +1,311 @@
+//! Socket-mode workers: one pinned thread per core, each with its own `SO_REUSEPORT` socket
+//! per listen address, its own engine and its own per-IP-Group fair queues.
+//!
+//! One iteration of a worker:
+//! 1. receive: up to [`RX_ROUNDS`] × `recvmmsg` batches per socket; classify each datagram by
+//!    source (the engine's group table) and push it into its group's bounded queue
+//!    (tail drop when full). Reading faster than we process is deliberate: under a storm the
+//!    kernel buffer is emptied into *our* queues, where the drops hit the flooding group only,
+//!    instead of overflowing the shared socket buffer, which would drop everyone alike;
+//! 2. process: up to [`DRAIN`] datagrams in deficit-round-robin order by group weight
+//!    ([`crate::fair`]) through `engine.handle_classified`;
+//! 3. engine timers, then flush `poll_transmit()` with `sendmmsg`;
+//! 4. idle: `poll(2)` with a short timeout so shutdown and engine timers are served.
+
+use crate::fair::FairQueues;
+use crate::socket::{self, RecvBatch, SendBatch};
+use std::net::{SocketAddr, UdpSocket};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{SystemTime, UNIX_EPOCH};
+use turnstile_core::engine::{Engine, Shared, Transmit};
+use turnstile_core::group::GroupId;
+use turnstile_core::stats::WorkerStats;
+use turnstile_core::Millis;
+
+/// `recvmmsg` calls per socket per iteration (at most `RX_ROUNDS × BATCH` datagrams).
+pub const RX_ROUNDS: usize = 4;
+/// Datagrams processed per iteration; smaller than what one iteration may receive, so a
+/// backlog builds in the fair queues rather than in the kernel.
+pub const DRAIN: usize = 128;
+/// Longest idle sleep: bounds shutdown latency.
+const IDLE_POLL_MS: u64 = 20;
+/// Receive buffers kept for reuse (beyond this, freed).
+const POOL_MAX: usize = 8192;
+
+/// The daemon's own per-worker counters (the engine keeps its own in [`WorkerStats`]).
+/// Single writer (the worker), relaxed load + store; the control plane reads.
+pub struct DataplaneStats {
+    pub rx_datagrams: AtomicU64,
+    pub rx_truncated: AtomicU64,
+    pub rx_errors: AtomicU64,
+    pub tx_datagrams: AtomicU64,
+    pub tx_errors: AtomicU64,
+    /// Tail drops per fair-queue class (groups in config order, then unclassified).
+    pub queue_drops: Vec<AtomicU64>,
+    /// Datagrams currently queued (gauge).
+    pub queued: AtomicU64,
+}
+
+impl DataplaneStats {
+    pub fn new(classes: usize) -> Self {
+        DataplaneStats {
+            rx_datagrams: AtomicU64::new(0),
+            rx_truncated: AtomicU64::new(0),
+            rx_errors: AtomicU64::new(0),
+            tx_datagrams: AtomicU64::new(0),
+            tx_errors: AtomicU64::new(0),
+            queue_drops: (0..classes).map(|_| AtomicU64::new(0)).collect(),
+            queued: AtomicU64::new(0),
+        }
+    }
+}
+
+#[inline]
+fn bump(a: &AtomicU64, n: u64) {
+    if n != 0 {
+        a.store(a.load(Ordering::Relaxed).wrapping_add(n), Ordering::Relaxed);
+    }
+}
+
+/// Wall-clock now as the core's time type (the daemon is the only clock reader).
+pub fn now_millis() -> Millis {
+    Millis(
+        SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map(|d| d.as_millis() as u64)
+            .unwrap_or(0),
+    )
+}
+
+/// Everything a worker thread needs.
+pub struct WorkerSetup {
+    pub index: usize,
+    pub core: Option<core_affinity::CoreId>,
+    /// One per listen address, all bound already.
+    pub sockets: Vec<UdpSocket>,
+    pub shared: Arc<Shared>,
+    /// Fair-queue classes `(weight, depth)`: the groups in config order, then unclassified.
+    pub classes: Vec<(u32, usize)>,
+    pub stop: Arc<AtomicBool>,
+    pub stats: Arc<DataplaneStats>,
+    pub seed: u64,
+}
+
+struct Datagram {
+    src: SocketAddr,
+    /// Index of the socket (listen address) it arrived on.
+    socket: u8,
+    data: Vec<u8>,
+}
+
+/// Starts the worker thread; the engine is created on it and its counters are handed back.
+pub fn spawn(
+    setup: WorkerSetup,
+) -> std::io::Result<(std::thread::JoinHandle<()>, Arc<WorkerStats>)> {
+    let (tx, rx) = std::sync::mpsc::sync_channel(1);
+    let handle = std::thread::Builder::new()
+        .name(format!("worker-{}", setup.index))
+        .spawn(move || {
+            if let Some(core) = setup.core {
+                if !core_affinity::set_for_current(core) {
+                    tracing::warn!(
+                        worker = setup.index,
+                        core = core.id,
+                        "could not pin worker to core"
+                    );
+                }
+            }
+            // A dying worker stops the whole instance (the control plane sees `stop`), so the
+            // final snapshot is still written instead of serving on with a dead core.
+            let _guard = StopOnPanic(setup.stop.clone());
+            let engine = Engine::new(setup.shared.clone(), setup.seed);
+            let _ = tx.send(engine.stats().clone());
+            run(setup, engine);
+        })?;
+    let stats = rx
+        .recv()
+        .map_err(|_| std::io::Error::other("worker thread died during start"))?;
+    Ok((handle, stats))
+}
+
+struct StopOnPanic(Arc<AtomicBool>);
+
+impl Drop for StopOnPanic {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            self.0.store(true, Ordering::Relaxed);
+        }
+    }
+}
+
+fn run(setup: WorkerSetup, mut engine: Engine) {
+    let WorkerSetup {
+        index,
+        sockets,
+        shared,
+        classes,
+        stop,
+        stats,
+        ..
+    } = setup;
+    let groups = shared.config.groups.groups().len();
+    let unclassified = classes.len() - 1;
+    let mut fair: FairQueues<Datagram> = FairQueues::new(classes.iter().copied());
+    let fds: Vec<_> = sockets.iter().map(socket::fd).collect();
+    let locals: Vec<SocketAddr> = sockets
+        .iter()
+        .map(|s| s.local_addr().expect("bound socket"))
+        .collect();
+    let mut rx = RecvBatch::new();
+    let mut tx = SendBatch::new();
+    let mut pool: Vec<Vec<u8>> = Vec::new();
+    let mut pending: Vec<Vec<Transmit>> = sockets.iter().map(|_| Vec::new()).collect();
+    let mut drops = vec![0u64; classes.len()];
+    tracing::debug!(worker = index, sockets = ?locals, "worker running");
+
+    while !stop.load(Ordering::Relaxed) {
+        // 1. receive + classify + enqueue
+        let mut got = 0usize;
+        let mut truncated = 0u64;
+        for (si, &fd) in fds.iter().enumerate() {
+            for _ in 0..RX_ROUNDS {
+                let n = match rx.recv(fd) {
+                    Ok(n) => n,
+                    Err(e) => {
+                        bump(&stats.rx_errors, 1);
+                        tracing::debug!(worker = index, error = %e, "recvmmsg failed");
+                        0
+                    }
+                };
+                for i in 0..n {
+                    let Some((src, data)) = rx.get(i) else {
+                        truncated += 1;
+                        continue;
+                    };
+                    let class = match shared.config.groups.classify(src.ip()) {
+                        Some(g) if (g as usize) < groups => g as usize,
+                        _ => unclassified,
+                    };
+                    let mut buf = pool.pop().unwrap_or_default();
+                    buf.clear();
+                    buf.extend_from_slice(data);
+                    if let Err(d) = fair.push(
+                        class,
+                        Datagram {
+                            src,
+                            socket: si as u8,
+                            data: buf,
+                        },
+                    ) {
+                        drops[class] += 1;
+                        pool.push(d.data);
+                    }
+                }
+                got += n;
+                if n < socket::BATCH {
+                    break;
+                }
+            }
+        }
+        if got > 0 {
+            bump(&stats.rx_datagrams, got as u64);
+            bump(&stats.rx_truncated, truncated);
+            for (c, d) in drops.iter_mut().enumerate() {
+                bump(&stats.queue_drops[c], *d);
+                *d = 0;
+            }
+        }
+
+        // 2. fair processing
+        let now = now_millis();
+        if !fair.is_empty() {
+            fair.drain(DRAIN, |class, d| {
+                let group = (class < groups).then_some(class as GroupId);
+                engine.handle_classified(now, d.src, locals[d.socket as usize], group, &d.data);
+                if pool.len() < POOL_MAX {
+                    pool.push(d.data);
+                }
+            });
+            stats.queued.store(fair.len() as u64, Ordering::Relaxed);
+        }
+
+        // 3. timers + transmit
+        if engine.poll_timeout().is_some_and(|t| t <= now) {
+            engine.handle_timeout(now);
+        }
+        let mut any = false;
+        while let Some(t) = engine.poll_transmit() {
+            let si = pick_socket(&locals, &t);
+            pending[si].push(t);
+            any = true;
+        }
+        if any {
+            for (si, out) in pending.iter_mut().enumerate() {
+                if out.is_empty() {
+                    continue;
+                }
+                let res = tx.send(fds[si], out.iter().map(|t| (t.dst, t.payload.as_slice())));
+                bump(&stats.tx_datagrams, res.sent as u64);
+                bump(&stats.tx_errors, res.failed as u64);
+                out.clear();
+            }
+        }
+
+        // 4. idle wait
+        if got == 0 && fair.is_empty() {
+            let mut wait = IDLE_POLL_MS;
+            if let Some(t) = engine.poll_timeout() {
+                wait = wait.min(t.0.saturating_sub(now_millis().0));
+            }
+            if wait > 0 {
+                socket::poll_readable(&fds, wait as i32);
+            }
+        }
+    }
+    stats.queued.store(fair.len() as u64, Ordering::Relaxed);
+    tracing::debug!(worker = index, "worker stopped");
+}
+
+/// The socket to send `t` from: the one bound to `t.src` if given, else the first of the
+/// destination's address family.
+fn pick_socket(locals: &[SocketAddr], t: &Transmit) -> usize {
+    if let Some(src) = t.src {
+        if let Some(i) = locals.iter().position(|l| *l == src) {
+            return i;
+        }
+    }
+    locals
+        .iter()
+        .position(|l| l.is_ipv4() == t.dst.is_ipv4())
+        .unwrap_or(0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn picks_socket_by_source_then_family() {
+        let locals: Vec<SocketAddr> = vec![
+            "127.0.0.1:5060".parse().unwrap(),
+            "[::1]:5060".parse().unwrap(),
+            "127.0.0.2:5060".parse().unwrap(),
+        ];
+        let t = |dst: &str, src: Option<&str>| Transmit {
+            dst: dst.parse().unwrap(),
+            src: src.map(|s| s.parse().unwrap()),
+            payload: vec![],
+        };
+        assert_eq!(
+            pick_socket(&locals, &t("127.0.0.9:1", Some("127.0.0.2:5060"))),
+            2
+        );
+        assert_eq!(pick_socket(&locals, &t("[::1]:1", None)), 1);
+        assert_eq!(pick_socket(&locals, &t("127.0.0.9:1", None)), 0);
+        assert_eq!(
+            pick_socket(&locals, &t("127.0.0.9:1", Some("10.0.0.1:5060"))),
+            0
+        );
+    }
+}

@@ -1,0 +1,317 @@
+//! End-to-end tests of the `turnstile` binary: check-config diagnostics and exit codes,
+//! run → control socket → SIGTERM → clean exit with a snapshot. Traffic goes to 127.0.0.1 only.
+
+use std::net::UdpSocket;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+const BIN: &str = env!("CARGO_BIN_EXE_turnstile");
+
+fn repo_etc() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../../etc")
+}
+
+fn turnstile(args: &[&str]) -> Output {
+    Command::new(BIN)
+        .args(args)
+        .env("RUST_LOG", "info")
+        .output()
+        .expect("run turnstile")
+}
+
+fn write(dir: &Path, name: &str, text: &str) -> PathBuf {
+    let p = dir.join(name);
+    std::fs::write(&p, text).unwrap();
+    p
+}
+
+fn free_udp_port() -> u16 {
+    UdpSocket::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+fn config(port: u16, extra: &str) -> String {
+    format!(
+        r#"[server]
+domain = "example.test"
+listen = ["127.0.0.1:{port}"]
+workers = 2
+state_dir = "state"
+snapshot_interval = 1
+{extra}
+[auth]
+users_file = "users.txt"
+
+[[ip_group]]
+name = "phones"
+type = "user"
+sources = ["127.0.0.0/8"]
+auth = "local"
+"#
+    )
+}
+
+fn setup(port: u16, extra: &str) -> (tempfile::TempDir, PathBuf) {
+    let d = tempfile::tempdir().unwrap();
+    write(d.path(), "users.txt", "alice:alice-secret\n");
+    let cfg = write(d.path(), "turnstile.toml", &config(port, extra));
+    (d, cfg)
+}
+
+/// Kills the child on drop so a failing test leaves no daemon behind.
+struct Daemon(Option<Child>);
+
+impl Daemon {
+    fn start(cfg: &Path) -> Daemon {
+        let child = Command::new(BIN)
+            .args(["run", "--config", cfg.to_str().unwrap()])
+            .env("RUST_LOG", "info")
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        Daemon(Some(child))
+    }
+
+    fn pid(&self) -> i32 {
+        self.0.as_ref().unwrap().id() as i32
+    }
+
+    /// SIGTERM, then wait (bounded) for the exit.
+    fn terminate(mut self) -> (std::process::ExitStatus, String) {
+        // SAFETY: signalling our own child by PID.
+        assert_eq!(unsafe { libc::kill(self.pid(), libc::SIGTERM) }, 0);
+        let mut child = self.0.take().unwrap();
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            if let Some(status) = child.try_wait().unwrap() {
+                let mut err = String::new();
+                use std::io::Read;
+                child
+                    .stderr
+                    .take()
+                    .unwrap()
+                    .read_to_string(&mut err)
+                    .unwrap();
+                return (status, err);
+            }
+            if Instant::now() > deadline {
+                let _ = child.kill();
+                let _ = child.wait();
+                panic!("daemon did not exit within 10 s of SIGTERM");
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        if let Some(c) = self.0.as_mut() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+fn wait_for(path: &Path, what: &str) {
+    let deadline = Instant::now() + Duration::from_secs(15);
+    while !path.exists() {
+        assert!(
+            Instant::now() < deadline,
+            "{what} did not appear at {}",
+            path.display()
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+fn show_json(cfg: &Path, what: &str) -> serde_json::Value {
+    let out = turnstile(&["show", what, "--json", "--config", cfg.to_str().unwrap()]);
+    assert!(
+        out.status.success(),
+        "show {what}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice(&out.stdout).unwrap()
+}
+
+#[test]
+fn shipped_config_is_valid() {
+    let out = turnstile(&[
+        "check-config",
+        "--config",
+        repo_etc().join("turnstile.toml").to_str().unwrap(),
+    ]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(String::from_utf8_lossy(&out.stdout).contains("ok"));
+}
+
+#[test]
+fn check_config_reports_every_problem_with_position_and_hint() {
+    let (d, _) = setup(5060, "");
+    let text = config(5060, "")
+        .replace("workers = 2", "workers = -3")
+        .replace("sources = [\"127.0.0.0/8\"]", "sources = [\"127.0.0.1/8\"]");
+    let cfg = write(d.path(), "bad.toml", &text);
+    let out = turnstile(&["check-config", "--config", cfg.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&out.stderr);
+    let f = cfg.display().to_string();
+    assert!(
+        err.contains(&format!("{f}:4:11: workers = -3 is out of range")),
+        "{err}"
+    );
+    assert!(
+        err.contains(&format!(
+            "{f}:14:12: prefix \"127.0.0.1/8\" has host bits set"
+        )),
+        "{err}"
+    );
+    assert!(err.contains("hint: did you mean \"127.0.0.0/8\"?"), "{err}");
+    assert!(err.contains("2 problems found"), "{err}");
+}
+
+#[test]
+fn check_config_unknown_key_and_users_file_line() {
+    let (d, _) = setup(5060, "");
+    let cfg = write(
+        d.path(),
+        "typo.toml",
+        &config(5060, "snapshot_intervall = 3"),
+    );
+    let out = turnstile(&["check-config", "--config", cfg.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains(&format!(
+            "{}:7:1: unknown key `snapshot_intervall`",
+            cfg.display()
+        )),
+        "{err}"
+    );
+    assert!(
+        err.contains("hint: valid keys here are") && err.contains("`snapshot_interval`"),
+        "{err}"
+    );
+
+    write(d.path(), "users.txt", "alice:a\n# comment\nmallory\n");
+    let cfg = d.path().join("turnstile.toml");
+    let out = turnstile(&["check-config", "--config", cfg.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains(&format!("{}:3:1: ", d.path().join("users.txt").display())),
+        "{err}"
+    );
+    assert!(err.contains("hint: "), "{err}");
+}
+
+#[test]
+fn run_with_invalid_config_exits_2() {
+    let (d, _) = setup(5060, "");
+    let cfg = write(
+        d.path(),
+        "bad.toml",
+        &config(5060, "").replace("127.0.0.1:5060", "127.0.0.1"),
+    );
+    let out = turnstile(&["run", "--config", cfg.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("is not an IP address with a port"));
+    assert!(
+        !d.path().join("state").exists(),
+        "nothing is written for an invalid config"
+    );
+}
+
+#[test]
+fn xdp_mode_is_refused_clearly() {
+    let (d, _) = setup(free_udp_port(), "");
+    let text = format!(
+        "{}\n[dataplane]\nmode = \"xdp\"\ninterface = \"lo\"\n",
+        config(free_udp_port(), "")
+    );
+    let cfg = write(d.path(), "xdp.toml", &text);
+    let out = turnstile(&["run", "--config", cfg.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stderr)
+        .contains("xdp data plane not available in this build yet"));
+}
+
+#[test]
+fn run_serves_control_socket_and_stops_cleanly_on_sigterm() {
+    let port = free_udp_port();
+    let (d, cfg) = setup(port, "");
+    let daemon = Daemon::start(&cfg);
+    let sock = d.path().join("state/turnstile.sock");
+    wait_for(&sock, "control socket");
+
+    // A second instance with the same config is refused (exit 1) and leaves the first alone.
+    let out = turnstile(&["run", "--config", cfg.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("another turnstile instance"));
+
+    // Datagrams reach the workers and are counted in the merged stats.
+    let client = UdpSocket::bind("127.0.0.1:0").unwrap();
+    for i in 0..5 {
+        client
+            .send_to(
+                format!("OPTIONS sip:example.test SIP/2.0\r\nX: {i}\r\n\r\n").as_bytes(),
+                ("127.0.0.1", port),
+            )
+            .unwrap();
+    }
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let stats = show_json(&cfg, "stats");
+        assert_eq!(stats["workers"], 2);
+        assert!(stats["engine"]["rx_datagrams"].is_u64());
+        if stats["dataplane"]["rx_datagrams"].as_u64().unwrap() >= 5 {
+            break;
+        }
+        assert!(Instant::now() < deadline, "datagrams not counted: {stats}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let groups = show_json(&cfg, "groups");
+    assert_eq!(groups["groups"][0]["name"], "phones");
+    assert_eq!(groups["groups"][0]["sources"][0], "127.0.0.0/8");
+    assert_eq!(groups["unclassified"]["policy"], "reject");
+
+    let (status, log) = daemon.terminate();
+    assert_eq!(status.code(), Some(0), "{log}");
+    assert!(log.contains("turnstile started"), "{log}");
+    assert!(log.contains("final snapshot written"), "{log}");
+    assert!(d.path().join("state/registrations.bin").exists());
+    assert!(!d.path().join("state/registrations.bin.tmp").exists());
+    assert!(!sock.exists(), "control socket removed on shutdown");
+
+    // show against a stopped instance is a runtime error.
+    let out = turnstile(&["show", "stats", "--socket", sock.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(1));
+}
+
+#[test]
+fn restart_restores_snapshot_and_periodic_snapshot_runs() {
+    let port = free_udp_port();
+    let (d, cfg) = setup(port, "");
+    let snap = d.path().join("state/registrations.bin");
+    let daemon = Daemon::start(&cfg);
+    // snapshot_interval = 1: the periodic snapshot appears while running.
+    wait_for(&snap, "periodic snapshot");
+    let (status, _) = daemon.terminate();
+    assert_eq!(status.code(), Some(0));
+
+    let daemon = Daemon::start(&cfg);
+    wait_for(&d.path().join("state/turnstile.sock"), "control socket");
+    let (status, log) = daemon.terminate();
+    assert_eq!(status.code(), Some(0));
+    assert!(log.contains("registration snapshot restored"), "{log}");
+}
