@@ -315,3 +315,97 @@ fn restart_restores_snapshot_and_periodic_snapshot_runs() {
     assert_eq!(status.code(), Some(0));
     assert!(log.contains("registration snapshot restored"), "{log}");
 }
+
+fn register(client: &UdpSocket, port: u16, user: &str, expires: u32, cseq: u32) -> String {
+    let me = client.local_addr().unwrap();
+    let msg = format!(
+        "REGISTER sip:example.test SIP/2.0\r\n\
+         Via: SIP/2.0/UDP {me};branch=z9hG4bK-{user}-{cseq}\r\n\
+         Max-Forwards: 70\r\n\
+         From: <sip:{user}@example.test>;tag=t{cseq}\r\n\
+         To: <sip:{user}@example.test>\r\n\
+         Call-ID: {user}-call@test\r\n\
+         CSeq: {cseq} REGISTER\r\n\
+         Contact: <sip:{user}@{me}>\r\n\
+         Expires: {expires}\r\n\
+         Content-Length: 0\r\n\r\n"
+    );
+    client.send_to(msg.as_bytes(), ("127.0.0.1", port)).unwrap();
+    client
+        .set_read_timeout(Some(Duration::from_secs(5)))
+        .unwrap();
+    let mut buf = [0u8; 4096];
+    let (n, _) = client.recv_from(&mut buf).expect("a response to REGISTER");
+    String::from_utf8_lossy(&buf[..n]).into_owned()
+}
+
+#[test]
+fn registrations_are_served_listed_and_survive_restart() {
+    let port = free_udp_port();
+    let (d, _) = setup(port, "");
+    let text = config(port, "").replace("auth = \"local\"", "auth = \"none\"");
+    let cfg = write(d.path(), "open.toml", &text);
+    let sock = d.path().join("state/turnstile.sock");
+
+    let daemon = Daemon::start(&cfg);
+    wait_for(&sock, "control socket");
+    let client = UdpSocket::bind("127.0.0.1:0").unwrap();
+    let resp = register(&client, port, "alice", 600, 1);
+    assert!(resp.starts_with("SIP/2.0 200"), "{resp}");
+    let regs = show_json(&cfg, "registrations");
+    assert_eq!(regs["total"], 1, "{regs}");
+    assert_eq!(regs["bindings"][0]["aor"], "sip:alice@example.test");
+    assert_eq!(regs["bindings"][0]["group"], "phones");
+    assert_eq!(
+        regs["bindings"][0]["source"],
+        client.local_addr().unwrap().to_string()
+    );
+    let stats = show_json(&cfg, "stats");
+    assert_eq!(stats["registrations"]["bindings"], 1);
+    assert!(
+        stats["engine"]["register_ok"].as_u64().unwrap() >= 1,
+        "{stats}"
+    );
+    let (status, _) = daemon.terminate();
+    assert_eq!(status.code(), Some(0));
+
+    // The binding comes back from the snapshot, with the remaining (not a fresh) lifetime.
+    let daemon = Daemon::start(&cfg);
+    wait_for(&sock, "control socket");
+    let out = turnstile(&[
+        "show",
+        "registrations",
+        "alice",
+        "--config",
+        cfg.to_str().unwrap(),
+    ]);
+    assert!(out.status.success());
+    let listing = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        listing.contains("sip:alice@example.test") && listing.contains("1 binding(s)"),
+        "{listing}"
+    );
+    let regs = show_json(&cfg, "registrations");
+    let left = regs["bindings"][0]["expires_in"].as_u64().unwrap();
+    assert!(left > 500 && left <= 600, "{regs}");
+    let (status, log) = daemon.terminate();
+    assert_eq!(status.code(), Some(0));
+    assert!(log.contains("bindings=1"), "{log}");
+}
+
+#[test]
+fn local_auth_group_is_challenged() {
+    let port = free_udp_port();
+    let (_d, cfg) = setup(port, "");
+    let daemon = Daemon::start(&cfg);
+    wait_for(&_d.path().join("state/turnstile.sock"), "control socket");
+    let client = UdpSocket::bind("127.0.0.1:0").unwrap();
+    let resp = register(&client, port, "alice", 600, 1);
+    assert!(resp.starts_with("SIP/2.0 401"), "{resp}");
+    assert!(
+        resp.contains("WWW-Authenticate: Digest") && resp.contains("realm=\"example.test\""),
+        "{resp}"
+    );
+    let (status, _) = daemon.terminate();
+    assert_eq!(status.code(), Some(0));
+}
