@@ -293,7 +293,10 @@ fn parse(ctx: &XdpContext, cfg: &XdpConfig) -> Parsed {
     }
 
     // UDP header.
-    let (Some(dport), Some(ulen)) = (c.raw16_at(2), c.be16_at(4)) else {
+    // The whole 8-byte header must be present (checksum included) even though only the
+    // port and length are used: a frame cut inside it is malformed.
+    let (Some(dport), Some(ulen), Some(_csum)) = (c.raw16_at(2), c.be16_at(4), c.raw16_at(6))
+    else {
         return malformed();
     };
     if ulen < 8 {
