@@ -6,6 +6,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 
 mod bench;
+mod fuzz;
 
 #[derive(Parser)]
 #[command(name = "xtask", about = "Turnstile developer tasks")]
@@ -125,11 +126,7 @@ fn main() -> Result<()> {
             run(&mut cmd)?;
         }
         Cmd::Bench(args) => bench::run_bench(&root, args)?,
-        Cmd::Fuzz { target, seconds } => {
-            run(Command::new("cargo")
-                .current_dir(root.join("fuzz"))
-                .args(["+nightly", "fuzz", "run", &target, "--", &format!("-max_total_time={seconds}")]))?;
-        }
+        Cmd::Fuzz { target, seconds } => fuzz::fuzz(&root, &target, seconds)?,
     }
     Ok(())
 }
