@@ -86,6 +86,7 @@ pub struct VethPair {
     pub v4_b: Ipv4Addr,
     pub v6_a: Ipv6Addr,
     pub v6_b: Ipv6Addr,
+    /// rx/tx queues of the `a` end.
     pub queues: u32,
 }
 
@@ -93,6 +94,12 @@ impl VethPair {
     /// Create the namespaces, the veth pair (`queues` rx and tx queues on each end), bring
     /// everything up and assign 198.18.0.1/24 + 2001:2::1/64 (a) and .2 / ::2 (b).
     pub fn create(queues: u32) -> Result<Self, String> {
+        Self::create_asym(queues, queues)
+    }
+
+    /// Like `create`, with `queues_a` rx/tx queues on the `a` end and `queues_b` on the `b`
+    /// end (native XDP on `a` needs `queues_a >= queues_b`; this lets tests provoke ENOSPC).
+    pub fn create_asym(queues_a: u32, queues_b: u32) -> Result<Self, String> {
         let n = COUNTER.fetch_add(1, Ordering::Relaxed);
         let pid = std::process::id();
         let tag = format!("{}{}", pid % 100_000, n);
@@ -106,33 +113,18 @@ impl VethPair {
             v4_b: Ipv4Addr::new(198, 18, 0, 2),
             v6_a: "2001:2::1".parse().expect("v6"),
             v6_b: "2001:2::2".parse().expect("v6"),
-            queues: queues.max(1),
+            queues: queues_a.max(1),
         };
         // From here on the guard cleans up whatever was created.
         ip(&["netns", "add", &p.ns_a])?;
         ip(&["netns", "add", &p.ns_b])?;
-        let q = p.queues.to_string();
+        let qa = p.queues.to_string();
+        let qb = queues_b.max(1).to_string();
+        #[rustfmt::skip]
         ip(&[
-            "-n",
-            &p.ns_a,
-            "link",
-            "add",
-            &p.if_a,
-            "numrxqueues",
-            &q,
-            "numtxqueues",
-            &q,
-            "type",
-            "veth",
-            "peer",
-            "name",
-            &p.if_b,
-            "netns",
-            &p.ns_b,
-            "numrxqueues",
-            &q,
-            "numtxqueues",
-            &q,
+            "-n", &p.ns_a, "link", "add", &p.if_a, "numrxqueues", &qa, "numtxqueues", &qa,
+            "type", "veth", "peer", "name", &p.if_b, "netns", &p.ns_b, "numrxqueues", &qb,
+            "numtxqueues", &qb,
         ])?;
         for (ns, ifn, v4, v6) in [
             (&p.ns_a, &p.if_a, p.v4_a, p.v6_a),
