@@ -514,13 +514,24 @@ fn is_lws(b: u8) -> bool {
     matches!(b, b' ' | b'\t' | b'\r' | b'\n')
 }
 
-/// RFC 3261 token characters.
+/// RFC 3261 token characters, as a table (the parser's innermost loop).
+static TOKEN: [bool; 256] = {
+    let mut t = [false; 256];
+    let mut c = 0;
+    while c < 256 {
+        let b = c as u8;
+        t[c] = b.is_ascii_alphanumeric()
+            || matches!(
+                b,
+                b'-' | b'.' | b'!' | b'%' | b'*' | b'_' | b'+' | b'`' | b'\'' | b'~'
+            );
+        c += 1;
+    }
+    t
+};
+
 fn is_token(b: u8) -> bool {
-    b.is_ascii_alphanumeric()
-        || matches!(
-            b,
-            b'-' | b'.' | b'!' | b'%' | b'*' | b'_' | b'+' | b'`' | b'\'' | b'~'
-        )
+    TOKEN[b as usize]
 }
 
 /// Splits `Scheme SP params` into the scheme and the rest. `None` when the value does not start
@@ -587,18 +598,19 @@ impl<'a> Params<'a> {
                 let vstart = self.i;
                 let mut escaped = false;
                 loop {
-                    match self.s.get(self.i) {
-                        None => return Err("unterminated quoted-string"),
-                        Some(b'"') => break,
-                        Some(b'\\') => {
-                            if self.i + 1 >= self.s.len() {
-                                return Err("unterminated quoted-string");
-                            }
-                            escaped = true;
-                            self.i += 2;
-                        }
-                        Some(_) => self.i += 1,
+                    let Some(off) = memchr::memchr2(b'"', b'\\', &self.s[self.i..]) else {
+                        return Err("unterminated quoted-string");
+                    };
+                    self.i += off;
+                    if self.s[self.i] == b'"' {
+                        break;
                     }
+                    // quoted-pair: the backslash and the byte it escapes.
+                    if self.i + 1 >= self.s.len() {
+                        return Err("unterminated quoted-string");
+                    }
+                    escaped = true;
+                    self.i += 2;
                 }
                 let raw = &self.s[vstart..self.i];
                 self.i += 1; // closing quote
