@@ -179,6 +179,8 @@ impl UserDb {
     pub fn parse(text: &str, realm: &str) -> Result<UserDb, UsersFileError> {
         let mut db = UserDb::new();
         let mut first_line: HashMap<&str, usize, RandomState> = HashMap::with_hasher(fixed_state());
+        // Editors on some systems save UTF-8 with a byte-order mark; it is not part of a name.
+        let text = text.strip_prefix('\u{feff}').unwrap_or(text);
         for (idx, raw) in text.lines().enumerate() {
             let line_no = idx + 1;
             let err = |hint: String| UsersFileError {
@@ -1599,7 +1601,7 @@ mod tests {
             };
             let d = response_digest(&input, db.get("Mufasa").unwrap().ha1(a).unwrap());
             assert!(response_matches(&d, &c.response.get()), "{alg}");
-            assert!(!response_matches(&d, RFC_MD5[..30].as_bytes()));
+            assert!(!response_matches(&d, &RFC_MD5.as_bytes()[..30]));
         }
     }
 
@@ -1634,6 +1636,8 @@ mod tests {
             db.get("frank").unwrap(),
             &UserEntry::from_password("frank", REALM, "md5:nothex")
         );
+        let bom = UserDb::parse("\u{feff}alice:wonderland\n", REALM).unwrap();
+        assert_eq!(bom.get("alice"), Some(alice));
         // The HA1 of a plain password depends on the realm.
         let other = UserDb::parse("alice:wonderland", "other.test").unwrap();
         assert_ne!(other.get("alice").unwrap(), alice);
