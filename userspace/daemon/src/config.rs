@@ -29,6 +29,8 @@ pub const DEFAULT_QUEUE_DEPTH: usize = 4096;
 const MAX_QUEUE_DEPTH: i64 = 1_000_000;
 const MAX_WEIGHT: i64 = 1000;
 const MAX_WORKERS: i64 = 1024;
+/// Workers index their sockets with a `u8`.
+const MAX_LISTEN: usize = 64;
 /// Product token for Server / User-Agent headers.
 pub const SERVER_NAME: &str = concat!("Turnstile/", env!("CARGO_PKG_VERSION"));
 
@@ -566,6 +568,13 @@ fn validate(c: &mut Collector, raw: RawConfig, base: &Path) -> Option<Config> {
             s.listen.span(),
             "listen is empty",
             "add at least one address, e.g. listen = [\"127.0.0.1:5060\"]",
+        );
+    }
+    if s.listen.get_ref().len() > MAX_LISTEN {
+        c.at(
+            s.listen.span(),
+            format!("{} listen addresses; at most {MAX_LISTEN} are supported", s.listen.get_ref().len()),
+            "listen on a wildcard address (\"0.0.0.0:5060\", \"[::]:5060\") instead of many single ones",
         );
     }
     for l in s.listen.get_ref() {
@@ -1562,6 +1571,66 @@ alternatives = [{ local = true }]
         assert!(e[0].hint.contains("upper case"));
         let e = problems("[{ local = true }]", "[{ local = false }]");
         assert!(e[0].message.contains("local = false"));
+    }
+
+    #[test]
+    fn server_scalars() {
+        let e = problems("state_dir = \"var\"", "state_dir = \"\"");
+        assert!(e[0].message.contains("state_dir is empty"));
+        let e = problems("workers = 2", "snapshot_interval = -5");
+        assert!(e[0].message.contains("snapshot_interval"));
+        let cfg = parse(&GOOD.replacen("workers = 2", "snapshot_interval = 0", 1)).unwrap();
+        assert_eq!(cfg.snapshot_interval, None);
+        let e = problems("workers = 2", "log_format = \"xml\"");
+        assert!(e[0].hint.contains("\"json\""));
+        let many: Vec<String> = (0..65)
+            .map(|i| format!("\"127.0.0.1:{}\"", 6000 + i))
+            .collect();
+        let e = problems(
+            "listen = [\"127.0.0.1:5060\", \"[::1]:5060\"]",
+            &format!("listen = [{}]", many.join(",")),
+        );
+        assert!(e[0].message.contains("at most 64"));
+        let e = problems("\"[::1]:5060\"", "\"127.0.0.1:5060\"");
+        assert!(e[0].message.contains("appears twice"));
+    }
+
+    #[test]
+    fn duplicate_proxy_sets_and_empty_addresses() {
+        let text = GOOD.replacen(
+            "[[route]]",
+            "[[proxy_set]]\nname = \"core\"\naddresses = []\n\n[[route]]",
+            1,
+        );
+        let e = parse(&text).unwrap_err();
+        assert_eq!(e.len(), 2, "{e:?}");
+        assert!(e[0].message.contains("\"core\" is defined twice"));
+        assert!(e[1].message.contains("has no addresses"));
+        let e = problems("keepalive_interval = 10", "keepalive_interval = 99999");
+        assert!(e[0].message.contains("keepalive_interval"));
+    }
+
+    #[test]
+    fn auth_without_local_groups_and_realm() {
+        let cfg = parse(&GOOD.replacen(
+            "nonce_ttl = 300",
+            "nonce_ttl = 300\nrealm = \"sip.example\"",
+            1,
+        ))
+        .unwrap();
+        assert_eq!(cfg.auth.as_ref().unwrap().realm, "sip.example");
+        assert_eq!(cfg.auth.as_ref().unwrap().users.len(), 2);
+        assert_eq!(cfg.engine_config().auth.unwrap().realm, "sip.example");
+        let e = problems("nonce_ttl = 300", "nonce_ttl = 300\nrealm = \"\"");
+        assert!(e[0].message.contains("realm is empty"));
+        // upstream auth needs someone upstream.
+        let e = problems("serving = \"core\"", "");
+        assert!(e.is_empty() || !e[0].message.contains("upstream"));
+        let e = problems(
+            "auth = \"local\"\nserving = \"core\"",
+            "auth = \"upstream\"",
+        );
+        assert!(e[0].message.contains("no serving proxy set"), "{e:?}");
     }
 
     #[test]
