@@ -1624,8 +1624,6 @@ alternatives = [{ local = true }]
         let e = problems("nonce_ttl = 300", "nonce_ttl = 300\nrealm = \"\"");
         assert!(e[0].message.contains("realm is empty"));
         // upstream auth needs someone upstream.
-        let e = problems("serving = \"core\"", "");
-        assert!(e.is_empty() || !e[0].message.contains("upstream"));
         let e = problems(
             "auth = \"local\"\nserving = \"core\"",
             "auth = \"upstream\"",
