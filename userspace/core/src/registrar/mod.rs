@@ -798,10 +798,21 @@ impl Shard {
     }
 }
 
+/// `+sip.instance` values are URNs in quotes and angle brackets (RFC 5626 §4.1); compare the
+/// URN itself, case-insensitively as urn:uuid (RFC 4122 §3) is.
+fn same_instance(a: &str, b: &str) -> bool {
+    fn strip(s: &str) -> &str {
+        s.trim_matches('"')
+            .trim_start_matches('<')
+            .trim_end_matches('>')
+    }
+    strip(a).eq_ignore_ascii_case(strip(b))
+}
+
 /// Identity of a contact for matching (RFC 5626 §6: instance + reg-id; else the URI key).
 fn same_identity(a: &ContactReq<'_>, b: &ContactReq<'_>) -> bool {
     match (a.instance, b.instance) {
-        (Some(x), Some(y)) => x == y && a.reg_id == b.reg_id,
+        (Some(x), Some(y)) => same_instance(x, y) && a.reg_id == b.reg_id,
         (None, None) => a.key == b.key,
         _ => false,
     }
@@ -820,11 +831,11 @@ fn find_binding(rec: &AorRecord, c: &ContactReq<'_>) -> Option<usize> {
     let key = key_of(c);
     if let Some(inst) = c.instance {
         // RFC 5626 §6: same instance-id and reg-id is the same binding, whatever the URI.
-        if let Some(i) = rec
-            .bindings
-            .iter()
-            .position(|b| rec.instance(b) == inst && b.reg_id() == c.reg_id)
-        {
+        if let Some(i) = rec.bindings.iter().position(|b| {
+            b.flags & store::F_INSTANCE != 0
+                && same_instance(rec.instance(b), inst)
+                && b.reg_id() == c.reg_id
+        }) {
             return Some(i);
         }
         // A UA that now sends an instance-id refreshes its old plain binding.
@@ -1439,6 +1450,17 @@ mod tests {
         assert_eq!(v[1].reg_id, Some(2));
         let g = b.get(0).unwrap();
         assert_eq!((g.instance, g.reg_id), (Some(inst), Some(1)));
+        // The URN compares case-insensitively and without its quoting.
+        let c4 = ContactReq {
+            instance: Some("<urn:uuid:00000000-0000-1000-8000-aabbccddeeff>"),
+            uri: "sip:alice@198.51.100.7:40001",
+            key: "sip:alice@198.51.100.7:40001",
+            ..c1
+        };
+        ok(r.register(T0.plus_secs(2), &req("c2", 2, &[c4]), 0));
+        let v = r.lookup(AOR, T0.plus_secs(2));
+        assert_eq!(v.len(), 2);
+        assert_eq!(v[0].uri, "sip:alice@198.51.100.7:40001");
     }
 
     #[test]
@@ -1553,5 +1575,300 @@ mod tests {
         assert_eq!((r.aor_count(), r.binding_count()), (49, 98));
         assert!(r.lookup("sip:u7@example.test", T0).is_empty());
         assert_eq!(r.expire(T0.plus_secs(3600)), 98);
+    }
+
+    /// A straightforward reference model of §10.3 (sequential application on a copy),
+    /// driven with random requests against the real registrar; outcomes and resulting
+    /// bindings must agree. Catches blob/offset, purge, index and counter mistakes.
+    mod model {
+        use super::*;
+        use rand::rngs::SmallRng;
+        use rand::{Rng, SeedableRng};
+        use std::collections::HashMap;
+
+        #[derive(Clone, Debug, PartialEq)]
+        struct Mb {
+            uri: String,
+            ident: String,
+            call_id: String,
+            cseq: u32,
+            expires_at: u64,
+            updated_at: u64,
+            q: Option<u16>,
+            orig: bool,
+        }
+
+        #[derive(Debug, PartialEq)]
+        enum Out {
+            Ok,
+            TooBrief,
+            Bad,
+            OutOfOrder,
+            Duplicate,
+            TooMany,
+        }
+
+        // (uri, instance, reg-id): u2/u3 share an instance+reg-id (same binding, other URI).
+        const POOL: [(&str, Option<&str>, Option<u32>); 5] = [
+            ("sip:u0@h", None, None),
+            ("sip:u1@h", None, None),
+            ("sip:u2@h", Some("\"<urn:uuid:i0>\""), Some(1)),
+            ("sip:u3@h", Some("\"<urn:uuid:i0>\""), Some(1)),
+            ("sip:u4@h", Some("\"<urn:uuid:i0>\""), Some(2)),
+        ];
+
+        fn ident(c: &ContactReq<'_>) -> String {
+            match c.instance {
+                Some(i) => format!("{i}/{:?}", c.reg_id),
+                None => c.key.to_string(),
+            }
+        }
+
+        fn model_register(
+            m: &mut Vec<Mb>,
+            cfg: &RegistrarConfig,
+            now: u64,
+            req: &RegisterReq<'_>,
+        ) -> Out {
+            if req.star && (!req.contacts.is_empty() || req.expires_header != Some(0)) {
+                return Out::Bad;
+            }
+            let mut grants = Vec::new();
+            for c in req.contacts {
+                let e = c
+                    .expires
+                    .or(req.expires_header)
+                    .unwrap_or(cfg.default_expires);
+                if e != 0 && e < cfg.min_expires {
+                    return Out::TooBrief;
+                }
+                grants.push(e.min(cfg.max_expires));
+            }
+            m.retain(|b| b.expires_at > now);
+            let conflict = |b: &Mb| -> Option<Out> {
+                if b.orig && b.call_id == req.call_id {
+                    if req.cseq < b.cseq {
+                        return Some(Out::OutOfOrder);
+                    }
+                    if req.cseq == b.cseq {
+                        return Some(Out::Duplicate);
+                    }
+                }
+                None
+            };
+            let mut work: Vec<Mb> = m.iter().cloned().map(|b| Mb { orig: true, ..b }).collect();
+            let mut dup = false;
+            if req.star {
+                for b in &work {
+                    match conflict(b) {
+                        Some(Out::Duplicate) => dup = true,
+                        Some(o) => return o,
+                        None => {}
+                    }
+                }
+                if dup {
+                    return Out::Duplicate;
+                }
+                m.clear();
+                return Out::Ok;
+            }
+            // Conflicts are judged against the stored bindings, all before applying.
+            for c in req.contacts {
+                if let Some(b) = work.iter().find(|b| b.ident == ident(c)) {
+                    match conflict(b) {
+                        Some(Out::Duplicate) => dup = true,
+                        Some(o) => return o,
+                        None => {}
+                    }
+                }
+            }
+            if dup {
+                return Out::Duplicate;
+            }
+            let n_old = work.len();
+            for (c, &g) in req.contacts.iter().zip(&grants) {
+                let pos = work.iter().position(|b| b.ident == ident(c));
+                if g == 0 {
+                    if let Some(p) = pos {
+                        work.remove(p);
+                    }
+                    continue;
+                }
+                let nb = Mb {
+                    uri: c.uri.to_string(),
+                    ident: ident(c),
+                    call_id: req.call_id.to_string(),
+                    cseq: req.cseq,
+                    expires_at: now + g as u64 * 1000,
+                    updated_at: now,
+                    q: c.q,
+                    orig: false,
+                };
+                match pos {
+                    Some(p) => work[p] = nb,
+                    None => work.push(nb),
+                }
+            }
+            if work.len() > cfg.max_contacts_per_aor && work.len() > n_old {
+                return Out::TooMany;
+            }
+            *m = work;
+            Out::Ok
+        }
+
+        fn outcome(o: &RegisterOutcome) -> Out {
+            match o {
+                RegisterOutcome::Ok(_) => Out::Ok,
+                RegisterOutcome::IntervalTooBrief { .. } => Out::TooBrief,
+                RegisterOutcome::BadRequest(_) => Out::Bad,
+                RegisterOutcome::OutOfOrder => Out::OutOfOrder,
+                RegisterOutcome::Duplicate(_) => Out::Duplicate,
+                RegisterOutcome::TooManyContacts { .. } => Out::TooMany,
+                RegisterOutcome::Full => panic!("unexpected Full"),
+            }
+        }
+
+        fn run(seed: u64, steps: usize) {
+            let mut rng = SmallRng::seed_from_u64(seed);
+            let cfg = RegistrarConfig {
+                min_expires: 20,
+                max_expires: 300,
+                default_expires: 120,
+                max_contacts_per_aor: 3,
+                expires_jitter_percent: 0,
+            };
+            let r = Registrar::new(cfg.clone(), 2);
+            let aors = ["sip:a@x", "sip:b@x", "sip:c@x"];
+            let mut model: HashMap<&str, Vec<Mb>> = HashMap::new();
+            let mut now = T0.0;
+            for step in 0..steps {
+                now += rng.gen_range(0..40_000u64);
+                if rng.gen_bool(0.1) {
+                    r.expire(Millis(now));
+                }
+                let aor = aors[rng.gen_range(0..aors.len())];
+                let n = rng.gen_range(0..4);
+                let contacts: Vec<ContactReq<'_>> = (0..n)
+                    .map(|_| {
+                        let (uri, instance, reg_id) = POOL[rng.gen_range(0..POOL.len())];
+                        ContactReq {
+                            uri,
+                            key: uri,
+                            expires: [None, Some(0), Some(10), Some(60), Some(1000)]
+                                [rng.gen_range(0..5)],
+                            q: [None, Some(0), Some(500), Some(1000)][rng.gen_range(0..4)],
+                            instance,
+                            reg_id,
+                        }
+                    })
+                    .collect();
+                let call_id = ["c1", "c2"][rng.gen_range(0..2)];
+                let req = RegisterReq {
+                    aor,
+                    call_id,
+                    cseq: rng.gen_range(1..8),
+                    star: rng.gen_bool(0.08),
+                    contacts: &contacts,
+                    expires_header: [None, Some(0), Some(90)][rng.gen_range(0..3)],
+                    source: src(),
+                    transport: Transport::Udp,
+                    path: &[],
+                    group: 0,
+                };
+                let got = r.register(Millis(now), &req, 0);
+                let m = model.entry(aor).or_default();
+                let want = model_register(m, &cfg, now, &req);
+                assert_eq!(outcome(&got), want, "seed {seed} step {step}: {req:?}");
+
+                // Same bindings (as sets), and lookup order is q desc then most recent.
+                for a in aors {
+                    let mut live: Vec<_> = model
+                        .get(a)
+                        .map(|v| v.iter().filter(|b| b.expires_at > now).cloned().collect())
+                        .unwrap_or_default();
+                    let got = r.lookup(a, Millis(now));
+                    let mut got_set: Vec<_> = got
+                        .iter()
+                        .map(|b| {
+                            (
+                                b.uri.clone(),
+                                b.call_id.clone(),
+                                b.cseq,
+                                b.expires_at.0,
+                                b.q,
+                            )
+                        })
+                        .collect();
+                    let mut want_set: Vec<_> = live
+                        .drain(..)
+                        .map(|b| (b.uri, b.call_id, b.cseq, b.expires_at, b.q))
+                        .collect();
+                    got_set.sort();
+                    want_set.sort();
+                    assert_eq!(got_set, want_set, "seed {seed} step {step} aor {a}");
+                    for w in got.windows(2) {
+                        let qa = w[0].q.unwrap_or(1000);
+                        let qb = w[1].q.unwrap_or(1000);
+                        assert!(qa > qb || (qa == qb && w[0].registered_at >= w[1].registered_at));
+                    }
+                }
+                if let RegisterOutcome::Ok(b) = &got {
+                    assert_eq!(b.len(), r.lookup(aor, Millis(now)).len());
+                }
+            }
+            // Counters and index agree with the contents.
+            r.expire(Millis(now));
+            let mut n = 0;
+            let mut min = None::<Millis>;
+            r.for_each_binding(Millis(now), |b| {
+                n += 1;
+                min = Some(min.map_or(b.expires_at, |m| m.min(b.expires_at)));
+            });
+            assert_eq!(r.binding_count(), n);
+            assert_eq!(r.next_expiry(), min);
+            assert_eq!(r.expire(Millis(u64::MAX / 2)), n);
+            assert_eq!(
+                (r.binding_count(), r.aor_count(), r.next_expiry()),
+                (0, 0, None)
+            );
+        }
+
+        #[test]
+        fn random_requests_match_reference_model() {
+            for seed in 0..40 {
+                run(seed, 400);
+            }
+        }
+    }
+
+    #[test]
+    fn concurrent_updates_keep_counters_and_index_consistent() {
+        let r = std::sync::Arc::new(Registrar::new(RegistrarConfig::default(), 8));
+        let threads: Vec<_> = (0..2u32)
+            .map(|t| {
+                let r = r.clone();
+                std::thread::spawn(move || {
+                    for i in 0..20_000u32 {
+                        let aor = format!("sip:u{}@example.test", i % 500);
+                        let uri = format!("sip:x{}@h", (i / 500 + t) % 4);
+                        let cs = [c_exp(&uri, if i % 7 == 0 { 0 } else { 60 + i % 100 })];
+                        let mut q = req("cid", 0, &cs);
+                        q.aor = &aor;
+                        q.call_id = if t == 0 { "t0" } else { "t1" };
+                        q.cseq = i + 1;
+                        let _ = r.register(T0.plus_ms(i as u64), &q, 0);
+                    }
+                })
+            })
+            .collect();
+        for t in threads {
+            t.join().unwrap();
+        }
+        let mut n = 0;
+        r.for_each_binding(Millis(0), |_| n += 1);
+        assert_eq!(r.binding_count(), n);
+        assert!(n > 0 && n <= 500 * 4);
+        assert_eq!(r.expire(T0.plus_secs(100_000)), n);
+        assert!(r.is_empty());
     }
 }
