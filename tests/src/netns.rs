@@ -194,8 +194,6 @@ impl Drop for VethPair {
 
 #[cfg(test)]
 mod tests {
-    use super::*;
-
     #[test]
     fn names_fit_ifnamsiz() {
         let tag = format!("{}{}", 99_999, 1_000);

@@ -306,7 +306,7 @@ fn process(ctx: &XdpContext) -> (Verdict, u32) {
 
     // Deny list first: a denied source is dropped whatever its group.
     let mut now = 0u64;
-    if let Some(d) = TS_DENY.get_ptr(&src) {
+    if let Some(d) = TS_DENY.get_ptr(src) {
         // SAFETY: pointer from a successful lookup; DenyValue is plain data.
         let until = unsafe { (*d).until_ns };
         now = unsafe { bpf_ktime_get_ns() };
@@ -314,7 +314,7 @@ fn process(ctx: &XdpContext) -> (Verdict, u32) {
             return (Verdict::DropDenied, xdp_action::XDP_DROP);
         }
         // Expired: forget it so the next packet skips the clock read.
-        let _ = TS_DENY.remove(&src);
+        let _ = TS_DENY.remove(src);
     }
 
     let group = match v4 {
@@ -408,7 +408,7 @@ fn take_token(src: &AddrKey, group: &GroupValue, now_in: u64) -> bool {
                 tokens: cap - TOKEN_ONE,
                 last_ns: now,
             };
-            let _ = TS_BUCKETS.insert(src, &fresh, 0);
+            let _ = TS_BUCKETS.insert(src, fresh, 0);
             true
         }
     }

@@ -553,7 +553,7 @@ impl XskQueue {
 
     fn reap_completions(&mut self) -> u32 {
         let mut n = 0u32;
-        let mut rd = self.cq.complete(u32::MAX.min(self.frames));
+        let mut rd = self.cq.complete(self.frames);
         let mut done: Vec<u64> = Vec::new();
         while let Some(addr) = rd.read() {
             done.push(addr);
