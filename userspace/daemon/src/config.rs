@@ -161,6 +161,7 @@ struct RawDataplane {
     interface: Option<S<String>>,
     xdp_mode: Option<S<String>>,
     queue_depth: Option<S<i64>>,
+    steering: Option<S<bool>>,
 }
 
 #[derive(Deserialize)]
@@ -253,6 +254,9 @@ pub struct Dataplane {
     pub xdp_mode: XdpMode,
     /// Default bounded queue depth per IP Group (datagrams, per worker).
     pub queue_depth: usize,
+    /// Socket mode: one kernel socket per (group, worker), steered by a reuseport BPF
+    /// program, so a flood overflows its own group's receive buffer only.
+    pub steering: bool,
 }
 
 #[derive(Clone, Debug)]
@@ -646,6 +650,7 @@ fn validate(c: &mut Collector, raw: RawConfig, base: &Path) -> Option<Config> {
         interface: None,
         xdp_mode: XdpMode::Driver,
         queue_depth: DEFAULT_QUEUE_DEPTH,
+        steering: true,
     };
     if let Some(d) = &raw.dataplane {
         if let Some(m) = &d.mode {
@@ -684,6 +689,9 @@ fn validate(c: &mut Collector, raw: RawConfig, base: &Path) -> Option<Config> {
         if let Some(q) = &d.queue_depth {
             dataplane.queue_depth =
                 ranged(c, q, "queue_depth", 1, MAX_QUEUE_DEPTH).unwrap_or(1) as usize;
+        }
+        if let Some(v) = &d.steering {
+            dataplane.steering = *v.get_ref();
         }
         if dataplane.mode == DataplaneMode::Xdp && d.interface.is_none() {
             let span = d.mode.as_ref().map(|m| m.span()).unwrap_or(0..0);

@@ -65,6 +65,7 @@ impl ControlState {
                 "tx_errors": sum(dp, |s| load(&s.tx_errors)),
                 "queue_drops": queue_drops,
                 "queued": sum(dp, |s| load(&s.queued)),
+                "kernel_drops": sum(dp, |s| s.kernel_drops.iter().map(load).sum::<u64>() + load(&s.kernel_drops_unsteered)),
             },
             "registrations": {
                 "aors": self.shared.registrar().aor_count(),
@@ -83,6 +84,7 @@ impl ControlState {
                 let id = i as u16;
                 let gc = |c: GroupCounter| -> u64 { self.engine_stats.iter().map(|w| w.get_group(id, c)).sum() };
                 let drops: u64 = self.dataplane_stats.iter().map(|s| s.queue_drops.get(i).map_or(0, load)).sum();
+                let kdrops: u64 = self.dataplane_stats.iter().map(|s| s.kernel_drops.get(i).map_or(0, load)).sum();
                 json!({
                     "name": g.group.name,
                     "type": match g.group.kind { GroupKind::User => "user", GroupKind::Server => "server" },
@@ -96,6 +98,7 @@ impl ControlState {
                         "register_ok": gc(GroupCounter::RegisterOk),
                         "register_failed": gc(GroupCounter::RegisterFailed),
                         "queue_drops": drops,
+                        "kernel_drops": kdrops,
                     },
                 })
             })

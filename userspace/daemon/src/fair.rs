@@ -120,6 +120,11 @@ impl<T> FairQueues<T> {
         self.classes.get(class).map_or(0, |c| c.queue.len())
     }
 
+    /// Free places in `class` before it tail-drops (0 for an unknown class).
+    pub fn room(&self, class: usize) -> usize {
+        self.classes.get(class).map_or(0, |c| c.cap - c.queue.len())
+    }
+
     /// Tail drops of `class` since creation.
     pub fn drops(&self, class: usize) -> u64 {
         self.classes.get(class).map_or(0, |c| c.drops)
@@ -166,9 +171,12 @@ mod tests {
     #[test]
     fn bounded_with_tail_drop() {
         let mut q = FairQueues::new([(1, 3)]);
+        assert_eq!(q.room(0), 3);
+        assert_eq!(q.room(1), 0);
         for i in 0..3 {
             q.push(0, i).unwrap();
         }
+        assert_eq!(q.room(0), 0);
         assert_eq!(q.push(0, 99), Err(99));
         assert_eq!(q.push(0, 98), Err(98));
         assert_eq!(q.drops(0), 2);

@@ -8,3 +8,4 @@ pub mod persist;
 pub mod run;
 pub mod socket;
 pub mod worker;
+pub mod steer;

@@ -16,6 +16,10 @@ use std::sync::Arc;
 use std::time::Instant;
 use turnstile_core::engine::Shared;
 
+/// Beyond this many classes (groups + unclassified), no per-class sockets: the fd count
+/// (classes × workers × listen addresses) would get silly.
+const MAX_STEERED_CLASSES: usize = 64;
+
 /// Number of workers for `configured` (0 = one per available core).
 pub fn worker_count(configured: usize) -> usize {
     if configured > 0 {
@@ -65,12 +69,33 @@ pub fn run(config: Config) -> anyhow::Result<()> {
 
     control::ensure_not_running(&config.control_socket())?;
     let workers = worker_count(config.workers);
-    let sockets = socket::bind_reuseport_groups(&config.listen, workers)
-        .context("cannot bind listen sockets")?;
-    let bound: Vec<_> = sockets[0]
+    // Fair-queue classes: the groups in config order, then unclassified traffic (weight 1).
+    let mut classes: Vec<(u32, usize)> = config
+        .groups
         .iter()
-        .filter_map(|s| s.local_addr().ok())
+        .map(|g| (g.group.weight, g.queue_depth))
         .collect();
+    classes.push((1, config.dataplane.queue_depth));
+    let prefixes: Vec<(ipnet::IpNet, usize)> = config
+        .groups
+        .iter()
+        .enumerate()
+        .flat_map(|(i, g)| g.group.sources.iter().map(move |n| (*n, i)))
+        .collect();
+    let steering =
+        (config.dataplane.steering && classes.len() <= MAX_STEERED_CLASSES && classes.len() > 1)
+            .then_some((prefixes.as_slice(), classes.len()));
+    let sockets = socket::bind_listen(&config.listen, workers, steering)
+        .context("cannot bind listen sockets")?;
+    let bound: Vec<_> = {
+        let mut v: Vec<_> = sockets[0]
+            .iter()
+            .filter_map(|s| s.socket.local_addr().ok())
+            .collect();
+        v.dedup();
+        v
+    };
+    let steered = sockets[0].iter().any(|s| s.class.is_some());
 
     let snap = config.snapshot_path();
     match persist::restore(&shared, &snap, now_millis()) {
@@ -158,6 +183,7 @@ pub fn run(config: Config) -> anyhow::Result<()> {
         listen = ?bound,
         workers,
         mode = "socket",
+        kernel_steering = steered,
         groups = %groups.join(","),
         domain = %config.domain,
         users = user_count,

@@ -34,27 +34,99 @@ fn bind_one(addr: SocketAddr) -> io::Result<UdpSocket> {
     Ok(s.into())
 }
 
-/// Binds `workers` sockets per listen address, all in one `SO_REUSEPORT` group per address.
-/// Result is indexed `[worker][listen index]`. Port 0 is resolved by the first bind and reused
-/// for the rest, so every worker serves the same port.
+/// One bound socket of a worker.
+pub struct BoundSocket {
+    pub socket: UdpSocket,
+    /// Index into the configured listen addresses.
+    pub listen: usize,
+    /// The fair-queue class the kernel steers into this socket (`None`: unsteered, any class).
+    pub class: Option<usize>,
+}
+
+/// Binds the sockets of every worker, indexed `[worker]`. Each listen address gets one
+/// `SO_REUSEPORT` group. With `steering = Some((prefixes, classes))` the group holds one socket
+/// per (class, worker) and a [`crate::steer`] program sends each datagram to its source's
+/// class; if the program cannot be built or attached, that address falls back to one
+/// unsteered socket per worker (logged). Port 0 is resolved by the first bind and reused for
+/// the rest, so every socket of a group serves the same port.
+pub fn bind_listen(
+    listen: &[SocketAddr],
+    workers: usize,
+    steering: Option<(&[(ipnet::IpNet, usize)], usize)>,
+) -> io::Result<Vec<Vec<BoundSocket>>> {
+    let mut out: Vec<Vec<BoundSocket>> = (0..workers).map(|_| Vec::new()).collect();
+    let ctx = |addr: SocketAddr| {
+        move |e: io::Error| io::Error::new(e.kind(), format!("bind {addr}: {e}"))
+    };
+    for (li, &addr) in listen.iter().enumerate() {
+        if let Some((prefixes, classes)) = steering {
+            match bind_steered(addr, workers, prefixes, classes) {
+                Ok(socks) => {
+                    for (i, s) in socks.into_iter().enumerate() {
+                        out[i % workers].push(BoundSocket {
+                            socket: s,
+                            listen: li,
+                            class: Some(i / workers),
+                        });
+                    }
+                    continue;
+                }
+                Err(e) if e.kind() == io::ErrorKind::AddrInUse => return Err(ctx(addr)(e)),
+                Err(e) => tracing::warn!(
+                    listen = %addr,
+                    error = %e,
+                    "per-group kernel steering unavailable; one socket per worker (a flood can then \
+                     overflow the shared receive buffer)"
+                ),
+            }
+        }
+        let first = bind_one(addr).map_err(ctx(addr))?;
+        let actual = first.local_addr()?;
+        out[0].push(BoundSocket {
+            socket: first,
+            listen: li,
+            class: None,
+        });
+        for w in out.iter_mut().skip(1) {
+            w.push(BoundSocket {
+                socket: bind_one(actual).map_err(ctx(actual))?,
+                listen: li,
+                class: None,
+            });
+        }
+    }
+    Ok(out)
+}
+
+/// `classes × workers` sockets in one reuseport group, in group order (index = class ×
+/// workers + worker, the order the kernel keeps them in), with the steering program attached.
+fn bind_steered(
+    addr: SocketAddr,
+    workers: usize,
+    prefixes: &[(ipnet::IpNet, usize)],
+    classes: usize,
+) -> io::Result<Vec<UdpSocket>> {
+    let mut prog = crate::steer::program(addr.is_ipv6(), prefixes, classes - 1, workers)
+        .ok_or_else(|| io::Error::other("too many prefixes for the steering program"))?;
+    let first = bind_one(addr)?;
+    let actual = first.local_addr()?;
+    let mut socks = vec![first];
+    for _ in 1..classes * workers {
+        socks.push(bind_one(actual)?);
+    }
+    crate::steer::attach(fd(&socks[0]), &mut prog)?;
+    Ok(socks)
+}
+
+/// Binds `workers` unsteered sockets per listen address, indexed `[worker][listen index]`.
 pub fn bind_reuseport_groups(
     listen: &[SocketAddr],
     workers: usize,
 ) -> io::Result<Vec<Vec<UdpSocket>>> {
-    let mut out: Vec<Vec<UdpSocket>> = (0..workers).map(|_| Vec::new()).collect();
-    for &addr in listen {
-        let first =
-            bind_one(addr).map_err(|e| io::Error::new(e.kind(), format!("bind {addr}: {e}")))?;
-        let actual = first.local_addr()?;
-        out[0].push(first);
-        for w in out.iter_mut().skip(1) {
-            w.push(
-                bind_one(actual)
-                    .map_err(|e| io::Error::new(e.kind(), format!("bind {actual}: {e}")))?,
-            );
-        }
-    }
-    Ok(out)
+    Ok(bind_listen(listen, workers, None)?
+        .into_iter()
+        .map(|w| w.into_iter().map(|b| b.socket).collect())
+        .collect())
 }
 
 fn to_socket_addr(ss: &libc::sockaddr_storage) -> Option<SocketAddr> {
@@ -347,6 +419,55 @@ mod tests {
             from_socket_addr(&a, &mut ss);
             assert_eq!(to_socket_addr(&ss), Some(a));
         }
+    }
+
+    #[test]
+    fn steered_group_separates_classes_in_the_kernel() {
+        let prefixes = vec![("127.0.0.2/32".parse().unwrap(), 0usize)];
+        let workers =
+            bind_listen(&["127.0.0.1:0".parse().unwrap()], 2, Some((&prefixes, 2))).unwrap();
+        assert_eq!(workers.len(), 2);
+        assert!(
+            workers.iter().all(|w| w.len() == 2),
+            "one socket per class per worker"
+        );
+        let addr = workers[0][0].socket.local_addr().unwrap();
+        let a = UdpSocket::bind("127.0.0.2:0").unwrap();
+        let b = UdpSocket::bind("127.0.0.1:0").unwrap();
+        for i in 0..20u8 {
+            a.send_to(&[b'a', i], addr).unwrap();
+            b.send_to(&[b'b', i], addr).unwrap();
+        }
+        let mut rx = RecvBatch::new();
+        let mut seen = std::collections::HashMap::new();
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+        while seen.values().map(Vec::len).sum::<usize>() < 40
+            && std::time::Instant::now() < deadline
+        {
+            for w in &workers {
+                for s in w {
+                    let n = rx.recv(fd(&s.socket)).unwrap();
+                    for i in 0..n {
+                        let (_, data) = rx.get(i).unwrap();
+                        seen.entry(s.class.unwrap())
+                            .or_insert_with(Vec::new)
+                            .push(data[0]);
+                    }
+                }
+            }
+            std::thread::sleep(std::time::Duration::from_millis(5));
+        }
+        assert_eq!(seen.get(&0).map(Vec::len), Some(20));
+        assert!(
+            seen[&0].iter().all(|&c| c == b'a'),
+            "127.0.0.2 steered to class 0"
+        );
+        assert_eq!(seen.get(&1).map(Vec::len), Some(20));
+        assert!(
+            seen[&1].iter().all(|&c| c == b'b'),
+            "others to the unclassified class"
+        );
+        assert!(crate::steer::kernel_drops(fd(&workers[0][0].socket)).is_some());
     }
 
     #[test]

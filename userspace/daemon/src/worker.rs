@@ -13,8 +13,8 @@
 //! 4. idle: `poll(2)` with a short timeout so shutdown and engine timers are served.
 
 use crate::fair::FairQueues;
-use crate::socket::{self, RecvBatch, SendBatch};
-use std::net::{SocketAddr, UdpSocket};
+use crate::socket::{self, BoundSocket, RecvBatch, SendBatch};
+use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{SystemTime, UNIX_EPOCH};
@@ -24,10 +24,10 @@ use turnstile_core::stats::WorkerStats;
 use turnstile_core::Millis;
 
 /// `recvmmsg` calls per socket per iteration (at most `RX_ROUNDS × BATCH` datagrams).
-pub const RX_ROUNDS: usize = 4;
+pub const RX_ROUNDS: usize = 16;
 /// Datagrams processed per iteration; smaller than what one iteration may receive, so a
 /// backlog builds in the fair queues rather than in the kernel.
-pub const DRAIN: usize = 128;
+pub const DRAIN: usize = 64;
 /// Longest idle sleep: bounds shutdown latency.
 const IDLE_POLL_MS: u64 = 20;
 /// Receive buffers kept for reuse (beyond this, freed).
@@ -45,6 +45,10 @@ pub struct DataplaneStats {
     pub queue_drops: Vec<AtomicU64>,
     /// Datagrams currently queued (gauge).
     pub queued: AtomicU64,
+    /// Kernel receive-buffer drops of this worker's steered sockets per class (gauge, sampled
+    /// about once a second), and of its unsteered sockets.
+    pub kernel_drops: Vec<AtomicU64>,
+    pub kernel_drops_unsteered: AtomicU64,
 }
 
 impl DataplaneStats {
@@ -57,6 +61,8 @@ impl DataplaneStats {
             tx_errors: AtomicU64::new(0),
             queue_drops: (0..classes).map(|_| AtomicU64::new(0)).collect(),
             queued: AtomicU64::new(0),
+            kernel_drops: (0..classes).map(|_| AtomicU64::new(0)).collect(),
+            kernel_drops_unsteered: AtomicU64::new(0),
         }
     }
 }
@@ -82,8 +88,8 @@ pub fn now_millis() -> Millis {
 pub struct WorkerSetup {
     pub index: usize,
     pub core: Option<core_affinity::CoreId>,
-    /// One per listen address, all bound already.
-    pub sockets: Vec<UdpSocket>,
+    /// Per listen address: one socket, or with kernel steering one per class; all bound.
+    pub sockets: Vec<BoundSocket>,
     pub shared: Arc<Shared>,
     /// Fair-queue classes `(weight, depth)`: the groups in config order, then unclassified.
     pub classes: Vec<(u32, usize)>,
@@ -152,11 +158,13 @@ fn run(setup: WorkerSetup, mut engine: Engine) {
     let groups = shared.config.groups.groups().len();
     let unclassified = classes.len() - 1;
     let mut fair: FairQueues<Datagram> = FairQueues::new(classes.iter().copied());
-    let fds: Vec<_> = sockets.iter().map(socket::fd).collect();
+    let fds: Vec<_> = sockets.iter().map(|s| socket::fd(&s.socket)).collect();
     let locals: Vec<SocketAddr> = sockets
         .iter()
-        .map(|s| s.local_addr().expect("bound socket"))
+        .map(|s| s.socket.local_addr().expect("bound socket"))
         .collect();
+    let steered: Vec<Option<usize>> = sockets.iter().map(|s| s.class).collect();
+    let mut last_sample = std::time::Instant::now();
     let mut rx = RecvBatch::new();
     let mut tx = SendBatch::new();
     let mut pool: Vec<Vec<u8>> = Vec::new();
@@ -169,7 +177,13 @@ fn run(setup: WorkerSetup, mut engine: Engine) {
         let mut got = 0usize;
         let mut truncated = 0u64;
         for (si, &fd) in fds.iter().enumerate() {
-            for _ in 0..RX_ROUNDS {
+            // A steered socket carries one class: read it only while that class's queue has
+            // room, so a flood's excess is dropped by the kernel without costing a read.
+            let rounds = match steered[si] {
+                Some(c) => fair.room(c).div_ceil(socket::BATCH).min(RX_ROUNDS),
+                None => RX_ROUNDS,
+            };
+            for _ in 0..rounds {
                 let n = match rx.recv(fd) {
                     Ok(n) => n,
                     Err(e) => {
@@ -252,6 +266,11 @@ fn run(setup: WorkerSetup, mut engine: Engine) {
             }
         }
 
+        if last_sample.elapsed() >= std::time::Duration::from_secs(1) {
+            last_sample = std::time::Instant::now();
+            sample_kernel_drops(&fds, &steered, &stats);
+        }
+
         // 4. idle wait
         if got == 0 && fair.is_empty() {
             let mut wait = IDLE_POLL_MS;
@@ -264,7 +283,26 @@ fn run(setup: WorkerSetup, mut engine: Engine) {
         }
     }
     stats.queued.store(fair.len() as u64, Ordering::Relaxed);
+    sample_kernel_drops(&fds, &steered, &stats);
     tracing::debug!(worker = index, "worker stopped");
+}
+
+fn sample_kernel_drops(fds: &[i32], steered: &[Option<usize>], stats: &DataplaneStats) {
+    let mut per_class = vec![0u64; stats.kernel_drops.len()];
+    let mut unsteered = 0u64;
+    for (fd, class) in fds.iter().zip(steered) {
+        let d = u64::from(crate::steer::kernel_drops(*fd).unwrap_or(0));
+        match class {
+            Some(c) if *c < per_class.len() => per_class[*c] += d,
+            _ => unsteered += d,
+        }
+    }
+    for (a, v) in stats.kernel_drops.iter().zip(per_class) {
+        a.store(v, Ordering::Relaxed);
+    }
+    stats
+        .kernel_drops_unsteered
+        .store(unsteered, Ordering::Relaxed);
 }
 
 /// The socket to send `t` from: the one bound to `t.src` if given, else the first of the
