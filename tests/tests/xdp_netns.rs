@@ -128,6 +128,8 @@ fn counters_case(mode: AttachMode) {
                 let dp = XdpDataplane::load(&pair.if_a, mode, &XdpParams::default(), &groups)
                     .unwrap_or_else(|e| panic!("attach in {mode:?} mode: {e}"));
                 assert_eq!(dp.attached(), Some((pair.if_a.as_str(), mode)));
+                let (_, link) = pair.exec(&pair.ns_a, &["ip", "link", "show", &pair.if_a]);
+                assert!(link.contains("prog/xdp"), "not attached? {link}");
                 // A kernel listener on a non-SIP port: XDP must pass its traffic.
                 let other = UdpSocket::bind((v4_a, 9999)).unwrap();
                 other
@@ -158,6 +160,13 @@ fn counters_case(mode: AttachMode) {
         done_tx.send(()).unwrap();
         let (snap, other) = server.join().unwrap();
         assert_eq!(other.expect("non-SIP UDP delivered"), b"other");
+        // The dataplane was dropped with the server thread: the program must be detached.
+        let (ok, link) = pair.exec(&pair.ns_a, &["ip", "link", "show", &pair.if_a]);
+        assert!(ok, "{link}");
+        assert!(
+            !link.contains("prog/xdp"),
+            "still attached after drop: {link}"
+        );
         assert_eq!(
             snap.get(Verdict::RedirectFailedPass),
             10,

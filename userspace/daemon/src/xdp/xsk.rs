@@ -588,7 +588,10 @@ impl XskQueue {
                 s.tx_pending.drain(..written);
                 s.tx_out += written as u32;
             }
-            if s.tx_out > 0 && (self.copy_mode_wake || s.tx.needs_wakeup()) {
+            // Kick while the kernel has not consumed everything: in copy mode each sendto
+            // transmits a bounded batch (32 descriptors), so a big batch needs several kicks
+            // across iterations; in zero-copy mode only when the driver asks (need_wakeup).
+            if s.tx.pending() > 0 && (self.copy_mode_wake || s.tx.needs_wakeup()) {
                 s.tx.wake(); // sendto(fd, NULL, 0, MSG_DONTWAIT)
             }
         }
