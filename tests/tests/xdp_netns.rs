@@ -208,6 +208,7 @@ fn af_xdp_case(mode: AttachMode) {
     add_addr(&pair, &pair.ns_b, &pair.if_b, "198.18.0.3/24");
     let (v4_a, v4_b) = (pair.v4_a, pair.v4_b);
     let v4_c = Ipv4Addr::new(198, 18, 0, 3);
+    let (v6_a, v6_b) = (pair.v6_a, pair.v6_b);
     let (ready_tx, ready_rx) = mpsc::channel::<()>();
     let (done_tx, done_rx) = mpsc::channel::<()>();
 
@@ -219,6 +220,7 @@ fn af_xdp_case(mode: AttachMode) {
                 let groups = [
                     group(&format!("{v4_b}/32"), 7, 1),
                     group(&format!("{v4_c}/32"), 8, 0),
+                    group(&format!("{v6_b}/128"), 9, 1),
                 ];
                 let mut dp = XdpDataplane::open(&XdpParams::default(), &groups).unwrap();
                 let cfg = XskConfig {
@@ -265,16 +267,21 @@ fn af_xdp_case(mode: AttachMode) {
             .expect("server ready");
         let replies = pair.run_in(&pair.ns_b, || {
             let mut replies = Vec::new();
-            for (src, tag) in [(v4_b, b'B'), (v4_c, b'C')] {
-                let sock = UdpSocket::bind((src, 0)).unwrap();
+            let to_a: [(SocketAddr, SocketAddr, u8); 3] = [
+                ((v4_b, 0).into(), (v4_a, SIP).into(), b'B'),
+                ((v4_c, 0).into(), (v4_a, SIP).into(), b'C'),
+                ((v6_b, 0).into(), (v6_a, SIP).into(), b'6'),
+            ];
+            for (src, dst, tag) in to_a {
+                let sock = UdpSocket::bind(src).unwrap();
                 sock.set_read_timeout(Some(Duration::from_millis(300)))
                     .unwrap();
                 for i in 0..5u8 {
                     let msg = [b'R', b'E', b'G', tag, b'0' + i];
-                    // Retry: the first datagram may wait for ARP.
+                    // Retry: the first datagram may wait for ARP / neighbour discovery.
                     let mut got = None;
                     for _ in 0..10 {
-                        sock.send_to(&msg, (v4_a, SIP)).unwrap();
+                        sock.send_to(&msg, dst).unwrap();
                         let mut buf = [0u8; 256];
                         if let Ok((n, from)) = sock.recv_from(&mut buf) {
                             got = Some((from, buf[..n].to_vec()));
@@ -282,7 +289,8 @@ fn af_xdp_case(mode: AttachMode) {
                         }
                     }
                     let (from, data) = got.unwrap_or_else(|| panic!("no reply to {msg:?}"));
-                    assert_eq!(from, SocketAddr::from((v4_a, SIP)), "reply source");
+                    // The kernel accepted the datagram: IP and UDP checksums were right.
+                    assert_eq!(from, dst, "reply source");
                     let mut want = b"SIP/2.0 200 OK ".to_vec();
                     want.extend_from_slice(&msg);
                     assert_eq!(data, want);
@@ -293,7 +301,7 @@ fn af_xdp_case(mode: AttachMode) {
         });
         done_tx.send(()).unwrap();
         let (seen, snap, acct, stats) = server.join().unwrap();
-        assert_eq!(replies.len(), 10);
+        assert_eq!(replies.len(), 15);
         for (class, gid, src, payload) in &seen {
             match payload[3] {
                 b'B' => {
@@ -304,17 +312,23 @@ fn af_xdp_case(mode: AttachMode) {
                     assert_eq!((*class, *gid), (0, 8), "{mode:?}");
                     assert_eq!(src.ip(), v4_c);
                 }
+                b'6' => {
+                    assert_eq!((*class, *gid), (1, 9), "{mode:?}");
+                    assert_eq!(src.ip(), v6_b);
+                }
                 _ => panic!("unexpected payload {payload:?}"),
             }
         }
-        assert!(seen.len() >= 10, "{mode:?}: {seen:?}");
+        assert!(seen.len() >= 15, "{mode:?}: {seen:?}");
         assert_eq!(
             snap.get(Verdict::Redirect),
             seen.len() as u64,
             "{mode:?}: {snap:?}"
         );
         assert_eq!(
-            snap.group(7, Verdict::Redirect) + snap.group(8, Verdict::Redirect),
+            snap.group(7, Verdict::Redirect)
+                + snap.group(8, Verdict::Redirect)
+                + snap.group(9, Verdict::Redirect),
             seen.len() as u64
         );
         assert_eq!(snap.get(Verdict::RedirectFailedPass), 0);
