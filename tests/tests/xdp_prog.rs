@@ -621,3 +621,60 @@ fn bad_parameters_are_refused() {
         Ok(_) => panic!("group id 5000 accepted"),
     }
 }
+
+/// Kernel-measured cost of the program per packet (BPF_PROG_TEST_RUN with repeat). Prints
+/// the numbers; asserts only that the repeated runs take the expected path.
+#[test]
+fn program_cost_per_packet() {
+    if !require_privileged("xdp_prog::program_cost_per_packet") {
+        return;
+    }
+    let g: Vec<GroupPrefix> = (0..200u16)
+        .map(|i| GroupPrefix {
+            prefix: format!("198.18.{}.0/24", i).parse().unwrap(),
+            group: GroupSpec {
+                group_id: i % 64,
+                class: (i % 8) as u8,
+                ..Default::default()
+            },
+        })
+        .chain([GroupPrefix {
+            prefix: "198.19.0.0/16".parse().unwrap(),
+            group: GroupSpec {
+                group_id: 100,
+                class: 1,
+                rate_pps: 1_000_000,
+                burst: 1_000_000,
+                drop: false,
+            },
+        }])
+        .collect();
+    let dp = XdpDataplane::open(&params(), &g).unwrap();
+    for (name, frame, action) in [
+        (
+            "classified v4 (LPM, meta, redirect attempt)",
+            udp("198.18.77.7:40000", "198.18.0.1:5060", &[]),
+            XDP_PASS,
+        ),
+        (
+            "classified v4 + token bucket",
+            udp("198.19.1.1:40000", "198.18.0.1:5060", &[]),
+            XDP_PASS,
+        ),
+        (
+            "unclassified v4 (drop)",
+            udp("198.20.0.1:40000", "198.18.0.1:5060", &[]),
+            XDP_DROP,
+        ),
+        (
+            "non-SIP UDP (pass)",
+            udp("198.18.77.7:40000", "198.18.0.1:53", &[]),
+            XDP_PASS,
+        ),
+        ("ARP (pass)", arp(), XDP_PASS),
+    ] {
+        let (a, avg) = dp.test_run_repeat(&frame, 200_000).unwrap();
+        assert_eq!(a, action, "{name}");
+        eprintln!("xdp cost: {name}: {} ns/packet", avg.as_nanos());
+    }
+}

@@ -472,6 +472,25 @@ impl XdpDataplane {
         Ok(snap)
     }
 
+    /// Run the program `repeat` times on `frame` in the kernel (`BPF_PROG_TEST_RUN` with
+    /// `repeat`); returns the last action and the kernel-measured average time per run.
+    pub fn test_run_repeat(
+        &self,
+        frame: &[u8],
+        repeat: u32,
+    ) -> Result<(u32, std::time::Duration), XdpError> {
+        let prog = self.program()?;
+        let opts = TestRunOptions {
+            data_in: Some(frame),
+            repeat: repeat.max(1),
+            ..TestRunOptions::default()
+        };
+        let r = prog
+            .test_run(opts)
+            .map_err(|e| classify("BPF_PROG_TEST_RUN", &e))?;
+        Ok((r.return_value, r.duration))
+    }
+
     /// Run the program once on `frame` with `BPF_PROG_TEST_RUN` (rx queue 0). Maps are the
     /// live ones: counters, buckets and deny entries are affected exactly as for real traffic.
     pub fn test_run(&self, frame: &[u8]) -> Result<TestRunOutput, XdpError> {
