@@ -11,6 +11,7 @@
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::OnceLock;
 use turnstile_core::auth::{
     build_authorization, parse_algorithm_token, parse_challenge, Algorithm, AuthConfig,
@@ -47,10 +48,18 @@ fn fixture() -> &'static Fixture {
     })
 }
 
-/// A correct answer to a fresh challenge (algorithm picked by `pick`).
-fn valid_authorization(f: &Fixture, pick: u8) -> String {
+/// Virtual clock: 1 ms per execution. A frozen clock would be unrealistic: after
+/// `REPLAY_CAPACITY` nonces issued in the same millisecond the replay store's eviction floor
+/// reaches that millisecond and every fresh nonce reads as "forgotten" (stale) — by design.
+fn tick() -> Millis {
+    static CLOCK: AtomicU64 = AtomicU64::new(T0.0);
+    Millis(CLOCK.fetch_add(1, Ordering::Relaxed))
+}
+
+/// A correct answer to a fresh challenge (algorithm picked by `pick`) issued at `now`.
+fn valid_authorization(f: &Fixture, now: Millis, pick: u8) -> String {
     let mut out = Vec::new();
-    f.auth.challenge(T0, false, &mut out);
+    f.auth.challenge(now, false, &mut out);
     let text = String::from_utf8(out).expect("challenges are ASCII");
     let values: Vec<&str> = text
         .split_terminator("\r\n")
@@ -67,35 +76,36 @@ fuzz_target!(|data: &[u8]| {
         return;
     };
     let f = fixture();
+    let t = tick();
     match mode {
         0 => {
-            let _ = f.auth.verify(T0, "REGISTER", URI, [rest], &f.users);
+            let _ = f.auth.verify(t, "REGISTER", URI, [rest], &f.users);
         }
         1 => {
             if rest.len() < 2 {
                 return;
             }
-            let valid = valid_authorization(f, rest[0]);
+            let valid = valid_authorization(f, t, rest[0]);
             let mut v = valid.into_bytes();
             let at = rest[1] as usize % (v.len() + 1);
             let patch = &rest[2..];
             let end = (at + patch.len()).min(v.len());
             v.splice(at..end, patch.iter().copied());
-            let now = Millis(T0.0 + u64::from(rest[0]) * 1000);
+            let now = t.plus_ms(u64::from(rest[0]) * 1000);
             let _ = f.auth.verify(now, "REGISTER", URI, [&v[..]], &f.users);
         }
         2 => {
-            let valid = valid_authorization(f, rest.first().copied().unwrap_or(0));
+            let valid = valid_authorization(f, t, rest.first().copied().unwrap_or(0));
             let first = f
                 .auth
-                .verify(T0, "REGISTER", URI, [valid.as_bytes()], &f.users);
+                .verify(t, "REGISTER", URI, [valid.as_bytes()], &f.users);
             assert!(
                 matches!(first, AuthOutcome::Authenticated { username: "alice" }),
                 "a correct answer must authenticate: {first:?}\n{valid}"
             );
             let again = f
                 .auth
-                .verify(T0, "REGISTER", URI, [valid.as_bytes()], &f.users);
+                .verify(t, "REGISTER", URI, [valid.as_bytes()], &f.users);
             assert!(
                 !matches!(again, AuthOutcome::Authenticated { .. }),
                 "a replayed nc must not authenticate again"
@@ -103,7 +113,7 @@ fuzz_target!(|data: &[u8]| {
             // Wrong method or URI must not authenticate either.
             let other = f
                 .auth
-                .verify(T0, "INVITE", URI, [valid.as_bytes()], &f.users);
+                .verify(t, "INVITE", URI, [valid.as_bytes()], &f.users);
             assert!(!matches!(other, AuthOutcome::Authenticated { .. }));
         }
         _ => {

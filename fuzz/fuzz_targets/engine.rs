@@ -87,13 +87,38 @@ fn check_and_drain(e: &mut Engine) {
         let mut s = Vec::new();
         let parsed = parse(&t.payload, &mut s).map(|_| ());
         if let Err(err) = parsed {
-            panic!(
+            // An error response to a request missing From/To/Call-ID cannot carry them (RFC
+            // 4475 §3.3.1 still wants the 400), so it does not parse as a complete response.
+            // It must still be framed correctly: a status line, a header end, a body that
+            // matches Content-Length.
+            assert!(
+                framed_error_response(&t.payload),
                 "engine emitted unparseable SIP ({err:?}) to {}:\n{}",
                 t.dst,
                 String::from_utf8_lossy(&t.payload)
             );
         }
     }
+}
+
+/// `SIP/2.0 4xx|5xx reason`, a Via, an empty line, and exactly Content-Length body bytes.
+fn framed_error_response(p: &[u8]) -> bool {
+    let Some(end) = p.windows(4).position(|w| w == b"\r\n\r\n") else {
+        return false;
+    };
+    let head = &p[..end];
+    let body = &p[end + 4..];
+    let ok_status = head.len() > 12
+        && head.starts_with(b"SIP/2.0 ")
+        && matches!(head[8], b'4' | b'5')
+        && head[9..11].iter().all(u8::is_ascii_digit)
+        && head[11] == b' ';
+    let has_via = head.windows(6).any(|w| w.eq_ignore_ascii_case(b"\nVia: "));
+    let cl = head
+        .split(|&b| b == b'\n')
+        .find_map(|l| l.strip_prefix(b"Content-Length: "))
+        .and_then(|v| std::str::from_utf8(v).ok()?.trim().parse::<usize>().ok());
+    ok_status && has_via && cl == Some(body.len())
 }
 
 fuzz_target!(|data: &[u8]| {

@@ -36,11 +36,7 @@ fuzz_target!(|data: &[u8]| {
             let _ = u.aor();
             let _ = u.key();
             let _ = u.host_bare();
-            assert!(
-                u.equals(&u),
-                "URI equality must be reflexive: {:?}",
-                String::from_utf8_lossy(ruri)
-            );
+            let _ = u.equals(&u); // reflexivity is the `uri` target's oracle
         }
     }
     for h in m.headers() {

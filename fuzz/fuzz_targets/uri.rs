@@ -5,6 +5,7 @@
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
+use std::sync::OnceLock;
 use turnstile_core::msg::uri::{split_hostport, unescape_into, Uri};
 
 fuzz_target!(|data: &[u8]| {
@@ -22,6 +23,9 @@ fuzz_target!(|data: &[u8]| {
     let _ = u.host_bare();
     let aor = u.aor();
     let key = u.key();
+    if skip_known_dup_params() && has_duplicate_param(&u) {
+        return;
+    }
     assert!(
         u.equals(&u),
         "not reflexive: {:?}",
@@ -53,6 +57,22 @@ fuzz_target!(|data: &[u8]| {
         }
     }
 });
+
+/// Known finding (reported 2026-11-21): a URI with a repeated parameter name
+/// (`sip:h;x=1;x=2`) is not equal to itself, because `equals` looks each parameter up by name in
+/// the other URI and finds the first one. Set `FUZZ_SKIP_KNOWN=1` to explore past it.
+fn skip_known_dup_params() -> bool {
+    static SKIP: OnceLock<bool> = OnceLock::new();
+    *SKIP.get_or_init(|| std::env::var_os("FUZZ_SKIP_KNOWN").is_some_and(|v| v == "1"))
+}
+
+fn has_duplicate_param(u: &Uri<'_>) -> bool {
+    let names: Vec<Vec<u8>> = u.params().map(|(n, _)| n.to_ascii_lowercase()).collect();
+    names
+        .iter()
+        .enumerate()
+        .any(|(i, n)| names[..i].contains(n))
+}
 
 /// Offset of `part` inside `whole` when `part` borrows from it.
 fn sub_offset(whole: &[u8], part: &[u8]) -> Option<usize> {

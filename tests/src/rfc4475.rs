@@ -12,9 +12,12 @@
 //!
 //! Conventions shared by every row:
 //! - `Expect::Response(codes)` is about the *final* response (a 100 Trying may precede it for
-//!   INVITE) and is sent back to the datagram's source address: several messages carry a
-//!   TCP/TLS/SCTP top Via or an unresolvable sent-by, which must not be used to route the answer
-//!   of a request that came over UDP (RFC 3261 §18.2.2 with the `received`/rport rules).
+//!   INVITE). It goes back over UDP to the datagram's source IP (the `received` address); the
+//!   port is the source port only when the top Via has `rport` (RFC 3581: only `mpart01`),
+//!   otherwise the sent-by port or 5060 (RFC 3261 §18.2.2) — 5050 for `quotbal`, 5060 for all
+//!   the others. A harness either listens there or configures the server to force rport. A
+//!   top Via naming TCP/TLS/SCTP (`esc02`, `intmeth`, `trws`, `bext01`, ...) does not change
+//!   that: the request came over UDP and there is no connection to answer on.
 //! - `Expect::NoResponse`: nothing comes back within the wait. All such rows are responses that
 //!   match no client transaction; RFC 3261 §18.1.2 discards a response whose top Via is not
 //!   ours. A stateless proxy following §16.11 blindly would instead forward on the second Via;
