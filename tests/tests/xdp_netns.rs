@@ -505,3 +505,101 @@ fn af_xdp_small_rings_do_not_leak_frames() {
         assert_eq!(stats.rx_invalid_descs + stats.tx_invalid_descs, 0);
     });
 }
+
+/// Two rx queues, one AF_XDP queue object each: the program must index the XSKMAP by
+/// `rx_queue_index * MAX_CLASSES + class`, and every flow is answered whichever queue the
+/// veth hashed it to.
+#[test]
+fn af_xdp_two_rx_queues() {
+    if !require_privileged("xdp_netns::af_xdp_two_rx_queues") {
+        return;
+    }
+    const FLOWS: u16 = 32;
+    let pair = VethPair::create(2).expect("create namespaces");
+    let (v4_a, v4_b) = (pair.v4_a, pair.v4_b);
+    let (ready_tx, ready_rx) = mpsc::channel::<()>();
+    let (done_tx, done_rx) = mpsc::channel::<()>();
+    std::thread::scope(|s| {
+        let pr = &pair;
+        let server = s.spawn(move || {
+            pr.run_in(&pr.ns_a, move || {
+                assert_eq!(
+                    turnstile_daemon::xdp::xsk::rx_queue_count(&pr.if_a).unwrap(),
+                    2
+                );
+                let groups = [group(&format!("{v4_b}/32"), 5, 1)];
+                let mut dp = XdpDataplane::open(&XdpParams::default(), &groups).unwrap();
+                let cfg = XskConfig {
+                    frame_size: 2048,
+                    frames: 128,
+                    ring_size: 64,
+                    classes: 2,
+                    bind_mode: BindMode::Copy,
+                    tx_reserve: 8,
+                };
+                let mut qs = [
+                    XskQueue::open(&pr.if_a, 0, &cfg).unwrap(),
+                    XskQueue::open(&pr.if_a, 1, &cfg).unwrap(),
+                ];
+                for q in &qs {
+                    q.register(&mut dp).unwrap();
+                }
+                dp.attach(&pr.if_a, AttachMode::Driver).unwrap();
+                ready_tx.send(()).unwrap();
+                let mut per_queue = [0u32; 2];
+                let mut batch = Vec::new();
+                let deadline = Instant::now() + Duration::from_secs(15);
+                while Instant::now() < deadline && done_rx.try_recv().is_err() {
+                    for (qi, q) in qs.iter_mut().enumerate() {
+                        q.poll(5);
+                        batch.clear();
+                        q.recv_batch(1, 32, &mut batch);
+                        for p in batch.drain(..) {
+                            assert_eq!(p.queue, qi as u32);
+                            assert_eq!(p.group_id(), Some(5));
+                            per_queue[qi] += 1;
+                            let payload = q.payload(&p).to_vec();
+                            q.reply(p, &payload).unwrap();
+                        }
+                        q.flush();
+                    }
+                }
+                (per_queue, dp.read_counters().unwrap())
+            })
+        });
+        ready_rx.recv_timeout(Duration::from_secs(10)).unwrap();
+        let answered = pair.run_in(&pair.ns_b, || {
+            let mut answered = 0;
+            for f in 0..FLOWS {
+                // A distinct source port per flow so the veth spreads them over queues.
+                let sock = UdpSocket::bind((v4_b, 41000 + f)).unwrap();
+                sock.set_read_timeout(Some(Duration::from_millis(200)))
+                    .unwrap();
+                let msg = format!("flow{f}");
+                for _ in 0..10 {
+                    sock.send_to(msg.as_bytes(), (v4_a, SIP)).unwrap();
+                    let mut buf = [0u8; 64];
+                    if let Ok((n, _)) = sock.recv_from(&mut buf) {
+                        assert_eq!(&buf[..n], msg.as_bytes());
+                        answered += 1;
+                        break;
+                    }
+                }
+            }
+            answered
+        });
+        done_tx.send(()).unwrap();
+        let (per_queue, snap) = server.join().unwrap();
+        eprintln!("two queues: per-queue packets {per_queue:?}, counters {snap:?}");
+        assert_eq!(answered, FLOWS, "every flow answered");
+        assert_eq!(
+            snap.get(Verdict::RedirectFailedPass),
+            0,
+            "no queue without socket"
+        );
+        assert!(
+            per_queue[0] > 0 && per_queue[1] > 0,
+            "flows not spread over both queues: {per_queue:?}"
+        );
+    });
+}

@@ -76,11 +76,15 @@ impl Default for XskConfig {
 }
 
 /// A received packet, owned by the caller until `release`d or consumed by `reply`.
-#[derive(Clone, Copy, Debug)]
+/// Deliberately neither `Copy` nor `Clone`: it stands for a UMEM frame, and giving the same
+/// frame back twice would hand one buffer to the kernel twice.
+#[derive(Debug)]
 pub struct RxPacket {
     /// UMEM address of the first packet byte.
     pub addr: u64,
     pub len: u32,
+    /// The rx queue (the `XskQueue`) the frame belongs to.
+    pub queue: u32,
     pub class: u8,
     /// XDP metadata, when the program wrote it (magic checked).
     pub meta: Option<XdpMeta>,
@@ -212,14 +216,71 @@ fn xerr(op: &'static str, e: xdpilone::Errno) -> XdpError {
     }
 }
 
-/// Number of rx queues of `iface` (from sysfs), in the caller's network namespace.
+/// Number of rx queues of `iface` in the caller's network namespace (thread), via
+/// `ETHTOOL_GCHANNELS` (rx + combined channels). sysfs is only a fallback: it shows the
+/// namespace of whoever mounted /sys, not the calling thread's.
 pub fn rx_queue_count(iface: &str) -> Result<u32, XdpError> {
+    const SIOCETHTOOL: libc::c_ulong = 0x8946;
+    const ETHTOOL_GCHANNELS: u32 = 0x3c;
+    #[repr(C)]
+    #[derive(Default)]
+    struct EthtoolChannels {
+        cmd: u32,
+        max_rx: u32,
+        max_tx: u32,
+        max_other: u32,
+        max_combined: u32,
+        rx_count: u32,
+        tx_count: u32,
+        other_count: u32,
+        combined_count: u32,
+    }
+    let name = CString::new(iface).map_err(|_| XdpError::NoSuchInterface(iface.into()))?;
+    if name.as_bytes().len() >= libc::IFNAMSIZ {
+        return Err(XdpError::NoSuchInterface(iface.into()));
+    }
+    // SAFETY: valid C string.
+    if unsafe { libc::if_nametoindex(name.as_ptr()) } == 0 {
+        return Err(XdpError::NoSuchInterface(iface.into()));
+    }
+    let mut ch = EthtoolChannels {
+        cmd: ETHTOOL_GCHANNELS,
+        ..Default::default()
+    };
+    // SAFETY: a plain ifreq with ifr_data pointing at `ch`, which outlives the ioctl; the
+    // socket is closed before returning.
+    let n = unsafe {
+        let fd = libc::socket(libc::AF_INET, libc::SOCK_DGRAM | libc::SOCK_CLOEXEC, 0);
+        if fd < 0 {
+            -1
+        } else {
+            let mut ifr: libc::ifreq = std::mem::zeroed();
+            for (d, s) in ifr.ifr_name.iter_mut().zip(name.as_bytes()) {
+                *d = *s as libc::c_char;
+            }
+            ifr.ifr_ifru.ifru_data = (&mut ch as *mut EthtoolChannels).cast();
+            let r = libc::ioctl(fd, SIOCETHTOOL as _, &mut ifr);
+            libc::close(fd);
+            if r == 0 {
+                (ch.rx_count + ch.combined_count) as i64
+            } else {
+                -1
+            }
+        }
+    };
+    if n > 0 {
+        return Ok(n as u32);
+    }
     let dir = format!("/sys/class/net/{iface}/queues");
-    let rd = std::fs::read_dir(&dir).map_err(|_| XdpError::NoSuchInterface(iface.into()))?;
-    Ok(rd
-        .filter_map(|e| e.ok())
-        .filter(|e| e.file_name().to_string_lossy().starts_with("rx-"))
-        .count() as u32)
+    match std::fs::read_dir(&dir) {
+        Ok(rd) => Ok(rd
+            .filter_map(|e| e.ok())
+            .filter(|e| e.file_name().to_string_lossy().starts_with("rx-"))
+            .count()
+            .max(1) as u32),
+        // The interface exists (checked above) but reports no channels: one queue.
+        Err(_) => Ok(1),
+    }
 }
 
 impl XskQueue {
@@ -466,6 +527,7 @@ impl XskQueue {
                 out.push(RxPacket {
                     addr: d.addr,
                     len: d.len,
+                    queue: self.queue_id,
                     class,
                     meta,
                     udp,
@@ -493,6 +555,7 @@ impl XskQueue {
 
     /// Give a received frame back (it returns to the fill ring on the next `flush`/`refill`).
     pub fn release(&mut self, p: RxPacket) {
+        debug_assert_eq!(p.queue, self.queue_id, "frame released to the wrong queue");
         let base = self.frame_base(p.addr);
         self.free.push(base);
         self.held -= 1;
@@ -501,6 +564,7 @@ impl XskQueue {
     /// Answer `p` with `payload` (addresses, ports and MACs swapped), reusing its frame.
     /// Queued; sent on `flush`. On error the frame is released.
     pub fn reply(&mut self, p: RxPacket, payload: &[u8]) -> Result<(), XdpError> {
+        debug_assert_eq!(p.queue, self.queue_id, "reply on the wrong queue");
         let Some(req) = p.udp else {
             self.release(p);
             return Err(XdpError::InvalidParam("reply to a non-UDP frame".into()));
