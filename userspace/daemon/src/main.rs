@@ -221,8 +221,16 @@ fn print_registrations(v: &Value) {
 
 fn print_groups(v: &Value) {
     println!(
-        "{:<16} {:<6} {:<8} {:>6} {:>12} {:>12} {:>12} {:>12}  sources",
-        "group", "type", "auth", "weight", "rx", "reg_ok", "reg_failed", "queue_drops"
+        "{:<16} {:<6} {:<8} {:>6} {:>12} {:>12} {:>12} {:>12} {:>12}  sources",
+        "group",
+        "type",
+        "auth",
+        "weight",
+        "rx",
+        "reg_ok",
+        "reg_failed",
+        "queue_drops",
+        "kernel_drops"
     );
     for g in v["groups"].as_array().into_iter().flatten() {
         let c = &g["counters"];
@@ -233,7 +241,7 @@ fn print_groups(v: &Value) {
             .filter_map(Value::as_str)
             .collect();
         println!(
-            "{:<16} {:<6} {:<8} {:>6} {:>12} {:>12} {:>12} {:>12}  {}",
+            "{:<16} {:<6} {:<8} {:>6} {:>12} {:>12} {:>12} {:>12} {:>12}  {}",
             g["name"].as_str().unwrap_or("?"),
             g["type"].as_str().unwrap_or("?"),
             g["auth"].as_str().unwrap_or("?"),
@@ -242,6 +250,7 @@ fn print_groups(v: &Value) {
             c["register_ok"].to_string(),
             c["register_failed"].to_string(),
             c["queue_drops"].to_string(),
+            c["kernel_drops"].to_string(),
             sources.join(", ")
         );
     }
