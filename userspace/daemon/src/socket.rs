@@ -59,6 +59,7 @@ pub fn bind_listen(
         move |e: io::Error| io::Error::new(e.kind(), format!("bind {addr}: {e}"))
     };
     for (li, &addr) in listen.iter().enumerate() {
+        ensure_port_free(addr).map_err(ctx(addr))?;
         if let Some((prefixes, classes)) = steering {
             match bind_steered(addr, workers, prefixes, classes) {
                 Ok(socks) => {
@@ -96,6 +97,28 @@ pub fn bind_listen(
         }
     }
     Ok(out)
+}
+
+/// `SO_REUSEPORT` would let a second process (say, a forgotten instance whose state_dir was
+/// wiped) silently share the port and take part of the traffic. A plain bind fails if anyone
+/// holds the port, with or without reuseport, so probe with one first.
+fn ensure_port_free(addr: SocketAddr) -> io::Result<()> {
+    if addr.port() == 0 {
+        return Ok(());
+    }
+    use socket2::{Domain, Protocol, Socket, Type};
+    let s = Socket::new(Domain::for_address(addr), Type::DGRAM, Some(Protocol::UDP))?;
+    if addr.is_ipv6() {
+        s.set_only_v6(true)?;
+    }
+    match s.bind(&addr.into()) {
+        Ok(()) => Ok(()),
+        Err(e) if e.kind() == io::ErrorKind::AddrInUse => Err(io::Error::new(
+            io::ErrorKind::AddrInUse,
+            "address already in use (another turnstile or SIP server is listening on it)",
+        )),
+        Err(e) => Err(e),
+    }
 }
 
 /// `classes × workers` sockets in one reuseport group, in group order (index = class ×
@@ -419,6 +442,19 @@ mod tests {
             from_socket_addr(&a, &mut ss);
             assert_eq!(to_socket_addr(&ss), Some(a));
         }
+    }
+
+    #[test]
+    fn a_port_held_by_another_reuseport_group_is_refused() {
+        let held = bind_reuseport_groups(&["127.0.0.1:0".parse().unwrap()], 1).unwrap();
+        let addr = held[0][0].local_addr().unwrap();
+        let e = bind_listen(&[addr], 1, None)
+            .err()
+            .expect("must refuse a port in use");
+        assert_eq!(e.kind(), io::ErrorKind::AddrInUse);
+        assert!(e.to_string().contains("already in use"), "{e}");
+        drop(held);
+        assert!(bind_listen(&[addr], 2, None).is_ok());
     }
 
     #[test]
