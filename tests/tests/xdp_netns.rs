@@ -528,7 +528,6 @@ fn af_xdp_two_rx_queues() {
                     2
                 );
                 let groups = [group(&format!("{v4_b}/32"), 5, 1)];
-                let mut dp = XdpDataplane::open(&XdpParams::default(), &groups).unwrap();
                 let cfg = XskConfig {
                     frame_size: 2048,
                     frames: 128,
@@ -537,14 +536,17 @@ fn af_xdp_two_rx_queues() {
                     bind_mode: BindMode::Copy,
                     tx_reserve: 8,
                 };
-                let mut qs = [
-                    XskQueue::open(&pr.if_a, 0, &cfg).unwrap(),
-                    XskQueue::open(&pr.if_a, 1, &cfg).unwrap(),
-                ];
-                for q in &qs {
-                    q.register(&mut dp).unwrap();
-                }
-                dp.attach(&pr.if_a, AttachMode::Driver).unwrap();
+                // One XskQueue per rx queue, registered before the attach.
+                let (dp, mut qs) = turnstile_daemon::xdp::open_backend(
+                    &pr.if_a,
+                    AttachMode::Driver,
+                    &XdpParams::default(),
+                    &groups,
+                    &cfg,
+                )
+                .unwrap();
+                assert_eq!(qs.len(), 2);
+                assert_eq!((qs[0].queue_id(), qs[1].queue_id()), (0, 1));
                 ready_tx.send(()).unwrap();
                 let mut per_queue = [0u32; 2];
                 let mut batch = Vec::new();

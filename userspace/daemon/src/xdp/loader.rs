@@ -142,6 +142,12 @@ impl CounterSnapshot {
     pub fn group(&self, group_id: u16, v: Verdict) -> u64 {
         self.groups.get(&group_id).map_or(0, |c| c[v as usize])
     }
+    /// (metric name, value) of every global verdict, for `show stats` / metrics export.
+    pub fn named(&self) -> impl Iterator<Item = (&'static str, u64)> + '_ {
+        Verdict::ALL
+            .iter()
+            .map(|v| (v.name(), self.global[*v as usize]))
+    }
 }
 
 /// Result of one `BPF_PROG_TEST_RUN` of the program.
