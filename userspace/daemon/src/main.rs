@@ -183,7 +183,7 @@ fn print_stats(v: &Value) {
         v["mode"].as_str().unwrap_or("?"),
         v["workers"]
     );
-    for section in ["engine", "dataplane"] {
+    for section in ["registrations", "engine", "dataplane"] {
         println!("{section}:");
         if let Some(m) = v[section].as_object() {
             for (k, val) in m {
