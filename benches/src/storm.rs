@@ -802,7 +802,7 @@ impl<'a> Worker<'a> {
         let n = self.first_user + u as u32;
         let name = sip::user_name(n);
         let local = self.local[op.sock as usize];
-        let branch = format!("z9hG4bK{:x}.{:x}.{:x}", self.run_id, n, user.cseq);
+        let branch = format!("z9hG4bK{:x}.{:x}.{:x}.{:x}", self.run_id, n, user.gen, user.cseq);
         let tag = format!("{:x}.{:x}", n, user.gen);
         let call_id = format!("{:x}-{:x}-{:x}@storm", n, user.gen, self.run_id);
         let expires = if op.kind == OpKind::Unregister {
