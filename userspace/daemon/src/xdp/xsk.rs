@@ -171,7 +171,6 @@ struct ClassSocket {
     tx: RingTx,
     user: User,
     tx_pending: Vec<XdpDesc>,
-    tx_out: u32,
 }
 
 /// AF_XDP sockets of one (interface, rx queue): `classes` sockets sharing one UMEM.
@@ -188,6 +187,8 @@ pub struct XskQueue {
     free: Vec<u64>,
     fill_out: u32,
     held: u32,
+    /// Frames in TX rings / in flight, not yet on the completion ring.
+    tx_out: u32,
     tx_reserve: u32,
     copy_mode_wake: bool,
 }
@@ -377,7 +378,6 @@ impl XskQueue {
                 tx,
                 user,
                 tx_pending: Vec::new(),
-                tx_out: 0,
             });
         }
         let (fq, cq) = dq.into_parts();
@@ -397,6 +397,7 @@ impl XskQueue {
             free,
             fill_out: 0,
             held: 0,
+            tx_out: 0,
             tx_reserve: cfg.tx_reserve,
             // Copy mode (veth, generic XDP) always wants the TX kick; it is cheap otherwise.
             copy_mode_wake: true,
@@ -615,33 +616,26 @@ impl XskQueue {
         true
     }
 
+    /// Completed TX frames back to `free` (the completion ring is per queue, shared by all
+    /// class sockets).
     fn reap_completions(&mut self) -> u32 {
+        let mask = !(u64::from(self.frame_size) - 1);
         let mut n = 0u32;
         let mut rd = self.cq.complete(self.frames);
-        let mut done: Vec<u64> = Vec::new();
         while let Some(addr) = rd.read() {
-            done.push(addr);
+            self.free.push(addr & mask);
+            n += 1;
         }
         rd.release();
         drop(rd);
-        for addr in done {
-            let base = self.frame_base(addr);
-            self.free.push(base);
-            n += 1;
-        }
-        // Completions are per queue, not per socket: attribute them oldest-first.
-        let mut left = n;
-        for s in &mut self.sockets {
-            let k = left.min(s.tx_out);
-            s.tx_out -= k;
-            left -= k;
-        }
+        self.tx_out = self.tx_out.saturating_sub(n);
         n
     }
 
     /// Push queued replies into the TX rings, kick the kernel, reap completions and refill
     /// the fill ring. Call once per worker iteration (after each TX batch).
     pub fn flush(&mut self) {
+        let mut submitted = 0u32;
         for s in &mut self.sockets {
             if !s.tx_pending.is_empty() {
                 let mut w = s.tx.transmit(s.tx_pending.len() as u32);
@@ -650,7 +644,7 @@ impl XskQueue {
                 w.commit();
                 drop(w);
                 s.tx_pending.drain(..written);
-                s.tx_out += written as u32;
+                submitted += written as u32;
             }
             // Kick while the kernel has not consumed everything: in copy mode each sendto
             // transmits a bounded batch (32 descriptors), so a big batch needs several kicks
@@ -659,6 +653,7 @@ impl XskQueue {
                 s.tx.wake(); // sendto(fd, NULL, 0, MSG_DONTWAIT)
             }
         }
+        self.tx_out += submitted;
         self.reap_completions();
         self.refill();
     }
@@ -666,21 +661,23 @@ impl XskQueue {
     /// Wait until a class socket is readable or `timeout_ms` passes. Returns readable classes
     /// as a bit mask.
     pub fn poll(&self, timeout_ms: i32) -> u32 {
-        let mut fds: Vec<libc::pollfd> = self
-            .sockets
-            .iter()
-            .map(|s| libc::pollfd {
-                fd: s.rx.as_raw_fd(),
-                events: libc::POLLIN,
-                revents: 0,
-            })
-            .collect();
-        // SAFETY: valid pollfd array.
-        let r = unsafe { libc::poll(fds.as_mut_ptr(), fds.len() as libc::nfds_t, timeout_ms) };
+        let mut fds = [libc::pollfd {
+            fd: -1,
+            events: 0,
+            revents: 0,
+        }; MAX_CLASSES as usize];
+        for (f, s) in fds.iter_mut().zip(&self.sockets) {
+            f.fd = s.rx.as_raw_fd();
+            f.events = libc::POLLIN;
+        }
+        let n = self.sockets.len();
+        // SAFETY: `n <= MAX_CLASSES` valid pollfd entries.
+        let r = unsafe { libc::poll(fds.as_mut_ptr(), n as libc::nfds_t, timeout_ms) };
         if r <= 0 {
             return 0;
         }
-        fds.iter()
+        fds[..n]
+            .iter()
             .enumerate()
             .filter(|(_, f)| f.revents & libc::POLLIN != 0)
             .fold(0, |m, (i, _)| m | (1 << i))
@@ -719,7 +716,7 @@ impl XskQueue {
             fill_out: self.fill_out,
             held: self.held,
             tx_pending: self.sockets.iter().map(|s| s.tx_pending.len() as u32).sum(),
-            tx_out: self.sockets.iter().map(|s| s.tx_out).sum(),
+            tx_out: self.tx_out,
         }
     }
 
