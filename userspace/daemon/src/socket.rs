@@ -2,12 +2,15 @@
 //! per listen address, so the kernel spreads flows over workers without a shared lock) and
 //! batched IO with `recvmmsg(2)` / `sendmmsg(2)` (one syscall per batch instead of per datagram).
 //!
-//! The local address of a received datagram is the socket's bound address; `IP_PKTINFO` is not
-//! used, so listening on a wildcard address answers from the kernel's chosen source address.
+//! Sockets bound to a wildcard address (`0.0.0.0`, `[::]`) get `IP_PKTINFO` /
+//! `IPV6_RECVPKTINFO`: each datagram's real local address is reported to the engine, and a
+//! reply is sent with that address as its source (`ipi_spec_dst` / `ipi6_addr`), so a
+//! multi-homed host answers from the address the phone talked to (NATs and firewalls expect
+//! that). Sockets bound to one address need neither.
 
 use std::io;
 use std::mem::{size_of, zeroed};
-use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr, SocketAddrV4, SocketAddrV6, UdpSocket};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, SocketAddrV4, SocketAddrV6, UdpSocket};
 use std::os::fd::{AsRawFd, RawFd};
 
 /// Datagrams per `recvmmsg` / `sendmmsg` call.
@@ -30,6 +33,27 @@ fn bind_one(addr: SocketAddr) -> io::Result<UdpSocket> {
     let _ = s.set_recv_buffer_size(SOCKET_BUFFER);
     let _ = s.set_send_buffer_size(SOCKET_BUFFER);
     s.set_nonblocking(true)?;
+    if addr.ip().is_unspecified() {
+        let (level, opt) = if addr.is_ipv6() {
+            (libc::IPPROTO_IPV6, libc::IPV6_RECVPKTINFO)
+        } else {
+            (libc::IPPROTO_IP, libc::IP_PKTINFO)
+        };
+        let one: libc::c_int = 1;
+        // SAFETY: plain int option on our socket.
+        let r = unsafe {
+            libc::setsockopt(
+                std::os::fd::AsRawFd::as_raw_fd(&s),
+                level,
+                opt,
+                &one as *const _ as *const libc::c_void,
+                size_of::<libc::c_int>() as libc::socklen_t,
+            )
+        };
+        if r < 0 {
+            return Err(io::Error::last_os_error());
+        }
+    }
     s.bind(&addr.into())?;
     Ok(s.into())
 }
@@ -210,6 +234,8 @@ fn from_socket_addr(addr: &SocketAddr, ss: &mut libc::sockaddr_storage) -> libc:
 pub struct RecvBatch {
     bufs: Vec<u8>,
     addrs: Vec<libc::sockaddr_storage>,
+    /// Control (cmsg) space per message, u64 for cmsghdr alignment.
+    ctrl: Vec<u64>,
     iovs: Vec<libc::iovec>,
     hdrs: Vec<libc::mmsghdr>,
     n: usize,
@@ -233,6 +259,7 @@ impl RecvBatch {
                 iov_len: SLOT,
             })
             .collect();
+        let mut ctrl = vec![0u64; BATCH * CTRL_WORDS];
         let hdrs = (0..BATCH)
             .map(|i| {
                 // SAFETY: zeroed mmsghdr is valid; pointers set below stay valid while the
@@ -242,12 +269,15 @@ impl RecvBatch {
                 h.msg_hdr.msg_namelen = size_of::<libc::sockaddr_storage>() as libc::socklen_t;
                 h.msg_hdr.msg_iov = &mut iovs[i];
                 h.msg_hdr.msg_iovlen = 1;
+                h.msg_hdr.msg_control = ctrl[i * CTRL_WORDS..].as_mut_ptr() as *mut libc::c_void;
+                h.msg_hdr.msg_controllen = CTRL_WORDS * 8;
                 h
             })
             .collect();
         RecvBatch {
             bufs,
             addrs,
+            ctrl,
             iovs,
             hdrs,
             n: 0,
@@ -259,6 +289,7 @@ impl RecvBatch {
         for h in &mut self.hdrs {
             h.msg_hdr.msg_namelen = size_of::<libc::sockaddr_storage>() as libc::socklen_t;
             h.msg_hdr.msg_flags = 0;
+            h.msg_hdr.msg_controllen = CTRL_WORDS * 8;
             h.msg_len = 0;
         }
         debug_assert_eq!(self.iovs.len(), BATCH);
@@ -289,6 +320,12 @@ impl RecvBatch {
 
     /// Datagram `i` of the last `recv`: `None` if it was truncated or has no usable source.
     pub fn get(&self, i: usize) -> Option<(SocketAddr, &[u8])> {
+        self.get_with_local(i).map(|(src, data, _)| (src, data))
+    }
+
+    /// Same, plus the local (destination) address the kernel reported with `*_PKTINFO`
+    /// (only on sockets bound to a wildcard address).
+    pub fn get_with_local(&self, i: usize) -> Option<(SocketAddr, &[u8], Option<IpAddr>)> {
         if i >= self.n {
             return None;
         }
@@ -298,13 +335,86 @@ impl RecvBatch {
         }
         let src = to_socket_addr(&self.addrs[i])?;
         let len = (h.msg_len as usize).min(SLOT);
-        Some((src, &self.bufs[i * SLOT..i * SLOT + len]))
+        let local = if h.msg_hdr.msg_controllen > 0 {
+            pktinfo_local(&h.msg_hdr)
+        } else {
+            None
+        };
+        Some((src, &self.bufs[i * SLOT..i * SLOT + len], local))
+    }
+}
+
+/// Control space per message: enough for one in6_pktinfo (the larger) cmsg.
+const CTRL_WORDS: usize = 8;
+
+fn pktinfo_local(m: &libc::msghdr) -> Option<IpAddr> {
+    // SAFETY: the kernel filled msg_control/msg_controllen; CMSG_* walk within it.
+    unsafe {
+        let mut c = libc::CMSG_FIRSTHDR(m);
+        while !c.is_null() {
+            let h = &*c;
+            if h.cmsg_level == libc::IPPROTO_IP && h.cmsg_type == libc::IP_PKTINFO {
+                let info = std::ptr::read_unaligned(libc::CMSG_DATA(c) as *const libc::in_pktinfo);
+                return Some(IpAddr::V4(Ipv4Addr::from(u32::from_be(
+                    info.ipi_addr.s_addr,
+                ))));
+            }
+            if h.cmsg_level == libc::IPPROTO_IPV6 && h.cmsg_type == libc::IPV6_PKTINFO {
+                let info = std::ptr::read_unaligned(libc::CMSG_DATA(c) as *const libc::in6_pktinfo);
+                return Some(IpAddr::V6(Ipv6Addr::from(info.ipi6_addr.s6_addr)));
+            }
+            c = libc::CMSG_NXTHDR(m, c);
+        }
+    }
+    None
+}
+
+/// Writes a `*_PKTINFO` cmsg selecting `src` as the source address into `buf`; returns the
+/// control length.
+fn pktinfo_cmsg(src: IpAddr, buf: &mut [u64; CTRL_WORDS]) -> usize {
+    // SAFETY: a msghdr pointing at our buffer lets CMSG_FIRSTHDR/CMSG_DATA address it; the
+    // buffer is 64 bytes, more than CMSG_SPACE(in6_pktinfo) = 40.
+    unsafe {
+        let mut m: libc::msghdr = zeroed();
+        m.msg_control = buf.as_mut_ptr() as *mut libc::c_void;
+        m.msg_controllen = CTRL_WORDS * 8;
+        let c = libc::CMSG_FIRSTHDR(&m);
+        match src {
+            IpAddr::V4(a) => {
+                (*c).cmsg_level = libc::IPPROTO_IP;
+                (*c).cmsg_type = libc::IP_PKTINFO;
+                (*c).cmsg_len = libc::CMSG_LEN(size_of::<libc::in_pktinfo>() as u32) as _;
+                let info = libc::in_pktinfo {
+                    ipi_ifindex: 0,
+                    ipi_spec_dst: libc::in_addr {
+                        s_addr: u32::from(a).to_be(),
+                    },
+                    ipi_addr: libc::in_addr { s_addr: 0 },
+                };
+                std::ptr::write_unaligned(libc::CMSG_DATA(c) as *mut libc::in_pktinfo, info);
+                libc::CMSG_SPACE(size_of::<libc::in_pktinfo>() as u32) as usize
+            }
+            IpAddr::V6(a) => {
+                (*c).cmsg_level = libc::IPPROTO_IPV6;
+                (*c).cmsg_type = libc::IPV6_PKTINFO;
+                (*c).cmsg_len = libc::CMSG_LEN(size_of::<libc::in6_pktinfo>() as u32) as _;
+                let info = libc::in6_pktinfo {
+                    ipi6_addr: libc::in6_addr {
+                        s6_addr: a.octets(),
+                    },
+                    ipi6_ifindex: 0,
+                };
+                std::ptr::write_unaligned(libc::CMSG_DATA(c) as *mut libc::in6_pktinfo, info);
+                libc::CMSG_SPACE(size_of::<libc::in6_pktinfo>() as u32) as usize
+            }
+        }
     }
 }
 
 /// Reusable `sendmmsg` state.
 pub struct SendBatch {
     addrs: Vec<libc::sockaddr_storage>,
+    ctrl: Vec<[u64; CTRL_WORDS]>,
     iovs: Vec<libc::iovec>,
     hdrs: Vec<libc::mmsghdr>,
 }
@@ -327,6 +437,7 @@ impl SendBatch {
         SendBatch {
             // SAFETY: all-zero is valid for these C structs.
             addrs: (0..BATCH).map(|_| unsafe { zeroed() }).collect(),
+            ctrl: vec![[0u64; CTRL_WORDS]; BATCH],
             iovs: (0..BATCH)
                 .map(|_| libc::iovec {
                     iov_base: std::ptr::null_mut(),
@@ -337,18 +448,19 @@ impl SendBatch {
         }
     }
 
-    /// Sends every `(dst, payload)`; a full socket buffer is waited for briefly, a datagram the
+    /// Sends every `(dst, payload, source ip)`; a source IP (only meaningful on a socket bound
+    /// to a wildcard address) goes out as a `*_PKTINFO` cmsg; a full socket buffer is waited for briefly, a datagram the
     /// kernel refuses (unreachable, bad address) is skipped and counted as failed.
     pub fn send<'a>(
         &mut self,
         fd: RawFd,
-        items: impl ExactSizeIterator<Item = (SocketAddr, &'a [u8])>,
+        items: impl ExactSizeIterator<Item = (SocketAddr, &'a [u8], Option<IpAddr>)>,
     ) -> SendResult {
         let mut res = SendResult::default();
         let mut items = items.peekable();
         while items.peek().is_some() {
             let mut n = 0;
-            for (dst, payload) in items.by_ref().take(BATCH) {
+            for (dst, payload, src_ip) in items.by_ref().take(BATCH) {
                 let len = from_socket_addr(&dst, &mut self.addrs[n]);
                 self.iovs[n] = libc::iovec {
                     iov_base: payload.as_ptr() as *mut libc::c_void,
@@ -359,8 +471,16 @@ impl SendBatch {
                 h.msg_namelen = len;
                 h.msg_iov = &mut self.iovs[n];
                 h.msg_iovlen = 1;
-                h.msg_control = std::ptr::null_mut();
-                h.msg_controllen = 0;
+                match src_ip {
+                    Some(ip) if ip.is_ipv6() == dst.is_ipv6() => {
+                        h.msg_controllen = pktinfo_cmsg(ip, &mut self.ctrl[n]) as _;
+                        h.msg_control = self.ctrl[n].as_mut_ptr() as *mut libc::c_void;
+                    }
+                    _ => {
+                        h.msg_control = std::ptr::null_mut();
+                        h.msg_controllen = 0;
+                    }
+                }
                 h.msg_flags = 0;
                 n += 1;
             }
@@ -445,6 +565,47 @@ mod tests {
     }
 
     #[test]
+    fn wildcard_socket_reports_and_uses_the_local_address() {
+        let groups = bind_reuseport_groups(&["0.0.0.0:0".parse().unwrap()], 1).unwrap();
+        let port = groups[0][0].local_addr().unwrap().port();
+        let client = UdpSocket::bind("127.0.0.1:0").unwrap();
+        client
+            .set_read_timeout(Some(std::time::Duration::from_secs(5)))
+            .unwrap();
+        let mut rx = RecvBatch::new();
+        let mut tx = SendBatch::new();
+        for local in ["127.0.0.1", "127.0.0.3"] {
+            let local: IpAddr = local.parse().unwrap();
+            client.send_to(b"ping", (local, port)).unwrap();
+            let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+            let (src, data, got_local) = loop {
+                if rx.recv(fd(&groups[0][0])).unwrap() > 0 {
+                    let (s, d, l) = rx.get_with_local(0).unwrap();
+                    break (s, d.to_vec(), l);
+                }
+                assert!(std::time::Instant::now() < deadline, "nothing received");
+                poll_readable(&[fd(&groups[0][0])], 10);
+            };
+            assert_eq!(data, b"ping");
+            assert_eq!(
+                got_local,
+                Some(local),
+                "pktinfo gives the address the client used"
+            );
+            // The reply leaves from that same address.
+            let res = tx.send(
+                fd(&groups[0][0]),
+                [(src, &b"pong"[..], got_local)].into_iter(),
+            );
+            assert_eq!(res.sent, 1);
+            let mut buf = [0u8; 16];
+            let (n, from) = client.recv_from(&mut buf).unwrap();
+            assert_eq!(&buf[..n], b"pong");
+            assert_eq!(from, SocketAddr::new(local, port));
+        }
+    }
+
+    #[test]
     fn a_port_held_by_another_reuseport_group_is_refused() {
         let held = bind_reuseport_groups(&["127.0.0.1:0".parse().unwrap()], 1).unwrap();
         let addr = held[0][0].local_addr().unwrap();
@@ -525,7 +686,7 @@ mod tests {
             fd(&client),
             payloads
                 .iter()
-                .map(|p| (a, p.as_slice()))
+                .map(|p| (a, p.as_slice(), None))
                 .collect::<Vec<_>>()
                 .into_iter(),
         );

@@ -100,8 +100,8 @@ pub struct WorkerSetup {
 
 struct Datagram {
     src: SocketAddr,
-    /// Index of the socket (listen address) it arrived on.
-    socket: u8,
+    /// The local address it arrived on (the bound address, or from pktinfo on wildcard sockets).
+    local: SocketAddr,
     data: Vec<u8>,
 }
 
@@ -193,7 +193,7 @@ fn run(setup: WorkerSetup, mut engine: Engine) {
                     }
                 };
                 for i in 0..n {
-                    let Some((src, data)) = rx.get(i) else {
+                    let Some((src, data, local_ip)) = rx.get_with_local(i) else {
                         truncated += 1;
                         continue;
                     };
@@ -208,7 +208,10 @@ fn run(setup: WorkerSetup, mut engine: Engine) {
                         class,
                         Datagram {
                             src,
-                            socket: si as u8,
+                            local: match local_ip {
+                                Some(ip) => SocketAddr::new(ip, locals[si].port()),
+                                None => locals[si],
+                            },
                             data: buf,
                         },
                     ) {
@@ -236,7 +239,7 @@ fn run(setup: WorkerSetup, mut engine: Engine) {
         if !fair.is_empty() {
             fair.drain(DRAIN, |class, d| {
                 let group = (class < groups).then_some(class as GroupId);
-                engine.handle_classified(now, d.src, locals[d.socket as usize], group, &d.data);
+                engine.handle_classified(now, d.src, d.local, group, &d.data);
                 if pool.len() < POOL_MAX {
                     pool.push(d.data);
                 }
@@ -259,7 +262,18 @@ fn run(setup: WorkerSetup, mut engine: Engine) {
                 if out.is_empty() {
                     continue;
                 }
-                let res = tx.send(fds[si], out.iter().map(|t| (t.dst, t.payload.as_slice())));
+                // On a wildcard socket, the reply's source is the address the request came to.
+                let wildcard = locals[si].ip().is_unspecified();
+                let res = tx.send(
+                    fds[si],
+                    out.iter().map(|t| {
+                        let src_ip = t
+                            .src
+                            .map(|a| a.ip())
+                            .filter(|ip| wildcard && !ip.is_unspecified());
+                        (t.dst, t.payload.as_slice(), src_ip)
+                    }),
+                );
                 bump(&stats.tx_datagrams, res.sent as u64);
                 bump(&stats.tx_errors, res.failed as u64);
                 out.clear();
@@ -305,11 +319,17 @@ fn sample_kernel_drops(fds: &[i32], steered: &[Option<usize>], stats: &Dataplane
         .store(unsteered, Ordering::Relaxed);
 }
 
-/// The socket to send `t` from: the one bound to `t.src` if given, else the first of the
-/// destination's address family.
+/// The socket to send `t` from: the one bound to `t.src`; else a wildcard socket of the same
+/// port and family (the request came in on it, pktinfo told us the address); else the first
+/// of the destination's family.
 fn pick_socket(locals: &[SocketAddr], t: &Transmit) -> usize {
     if let Some(src) = t.src {
         if let Some(i) = locals.iter().position(|l| *l == src) {
+            return i;
+        }
+        if let Some(i) = locals.iter().position(|l| {
+            l.ip().is_unspecified() && l.port() == src.port() && l.is_ipv4() == src.is_ipv4()
+        }) {
             return i;
         }
     }
@@ -340,6 +360,14 @@ mod tests {
             2
         );
         assert_eq!(pick_socket(&locals, &t("[::1]:1", None)), 1);
+        let wild: Vec<SocketAddr> = vec![
+            "127.0.0.1:5070".parse().unwrap(),
+            "0.0.0.0:5060".parse().unwrap(),
+        ];
+        assert_eq!(
+            pick_socket(&wild, &t("192.0.2.1:1", Some("192.0.2.9:5060"))),
+            1
+        );
         assert_eq!(pick_socket(&locals, &t("127.0.0.9:1", None)), 0);
         assert_eq!(
             pick_socket(&locals, &t("127.0.0.9:1", Some("10.0.0.1:5060"))),
