@@ -464,11 +464,11 @@ fn explain_toml_error(msg: &str) -> (String, String) {
     )
 }
 
-fn one_of<'a, T: Copy>(
+fn one_of<T: Copy>(
     c: &mut Collector,
     v: &S<String>,
     what: &str,
-    options: &[(&'a str, T)],
+    options: &[(&str, T)],
 ) -> Option<T> {
     if let Some((_, t)) = options.iter().find(|(n, _)| *n == v.get_ref().as_str()) {
         return Some(*t);

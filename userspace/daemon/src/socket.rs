@@ -234,7 +234,9 @@ fn from_socket_addr(addr: &SocketAddr, ss: &mut libc::sockaddr_storage) -> libc:
 pub struct RecvBatch {
     bufs: Vec<u8>,
     addrs: Vec<libc::sockaddr_storage>,
-    /// Control (cmsg) space per message, u64 for cmsghdr alignment.
+    /// Control (cmsg) space per message, u64 for cmsghdr alignment. Only reached through the
+    /// raw pointers in `hdrs`; owned here so it lives as long as they do.
+    #[allow(dead_code)]
     ctrl: Vec<u64>,
     iovs: Vec<libc::iovec>,
     hdrs: Vec<libc::mmsghdr>,

@@ -34,9 +34,10 @@ const SO_ATTACH_REUSEPORT_CBPF: libc::c_int = 51;
 /// Leave room below the kernel's BPF_MAXINSNS (4096).
 const MAX_INSNS: usize = 4000;
 
-const LD_W_ABS: u16 = 0x00 | 0x00 | 0x20;
-const LD_H_ABS: u16 = 0x00 | 0x08 | 0x20;
-const LD_MEM: u16 = 0x00 | 0x60;
+// Opcodes (linux/filter.h): class | size | mode, class | op | src.
+const LD_W_ABS: u16 = 0x20; // BPF_LD | BPF_W | BPF_ABS
+const LD_H_ABS: u16 = 0x28; // BPF_LD | BPF_H | BPF_ABS
+const LD_MEM: u16 = 0x60; // BPF_LD | BPF_MEM
 const ST: u16 = 0x02;
 const ALU_AND_K: u16 = 0x04 | 0x50;
 const ALU_ADD_K: u16 = 0x04;
@@ -83,7 +84,7 @@ pub fn program(
         .filter(|(n, _)| n.addr().is_ipv6() == v6)
         .copied()
         .collect();
-    sorted.sort_by(|a, b| b.0.prefix_len().cmp(&a.0.prefix_len()));
+    sorted.sort_by_key(|p| std::cmp::Reverse(p.0.prefix_len()));
     for (net, class) in sorted {
         let bytes: Vec<u8> = match net.network() {
             std::net::IpAddr::V4(a) => a.octets().to_vec(),
@@ -173,18 +174,17 @@ mod tests {
 
     /// A tiny classic-BPF interpreter for the instructions we emit, over a fake packet.
     fn run(p: &[libc::sock_filter], src: std::net::IpAddr, sport: u16) -> u32 {
-        let mut pkt = vec![0u8; 64];
-        let (src_off, sport_off) = match src {
+        let mut pkt = [0u8; 64];
+        let sport_off = match src {
             std::net::IpAddr::V4(a) => {
                 pkt[12..16].copy_from_slice(&a.octets());
-                (0, 20)
+                20
             }
             std::net::IpAddr::V6(a) => {
                 pkt[8..24].copy_from_slice(&a.octets());
-                (0, 40)
+                40
             }
         };
-        let _ = src_off;
         pkt[sport_off..sport_off + 2].copy_from_slice(&sport.to_be_bytes());
         let (mut a, mut x, mut m) = (0u32, 0u32, [0u32; 16]);
         let mut pc = 0;
