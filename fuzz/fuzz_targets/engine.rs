@@ -11,7 +11,7 @@
 
 use libfuzzer_sys::fuzz_target;
 use std::net::{IpAddr, SocketAddr};
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 use turnstile_core::auth::{Algorithm, AuthConfig, UserDb};
 use turnstile_core::engine::{Engine, EngineConfig, Shared};
 use turnstile_core::group::{AuthMode, GroupKind, GroupTable, IpGroup, Unclassified};
@@ -73,6 +73,14 @@ fn split(data: &[u8]) -> impl Iterator<Item = &[u8]> {
     .take(16)
 }
 
+/// Known finding (reported 2026-11-21): a top Via with sent-by port 0 (`Via: SIP/2.0/UDP
+/// h:0;branch=…`, no rport) parses, and the response is addressed to port 0. Set
+/// `FUZZ_SKIP_KNOWN=1` to explore past it.
+fn skip_known() -> bool {
+    static SKIP: OnceLock<bool> = OnceLock::new();
+    *SKIP.get_or_init(|| std::env::var_os("FUZZ_SKIP_KNOWN").is_some_and(|v| v == "1"))
+}
+
 fn check_and_drain(e: &mut Engine) {
     let mut n = 0;
     while let Some(t) = e.poll_transmit() {
@@ -82,7 +90,7 @@ fn check_and_drain(e: &mut Engine) {
         let bad_dst = ip.is_unspecified()
             || ip.is_multicast()
             || matches!(ip, IpAddr::V4(v4) if v4.is_broadcast())
-            || t.dst.port() == 0;
+            || (t.dst.port() == 0 && !skip_known());
         assert!(!bad_dst, "transmit to {}", t.dst);
         let mut s = Vec::new();
         let parsed = parse(&t.payload, &mut s).map(|_| ());
