@@ -569,9 +569,12 @@ impl Ctx<'_> {
             }
             System::Turnstile => {
                 let users_file = dir.join("users.txt");
+                // Without auth the users file is not consulted; keep it tiny so memory
+                // compares registrations, not credentials (Kamailio loads none either).
+                let n_cred = if sc.auth().is_some() { users } else { 1 };
                 write_users(
                     &users_file,
-                    users,
+                    n_cred,
                     |n| format!("user{n:06}:user{n:06}-pw\n"),
                     "",
                 )?;
@@ -966,7 +969,7 @@ fn report_md(res: &Results) -> String {
                 continue;
             }
             let million = sc == "million";
-            let ratio = if sys != "kamailio" && k.n > 0 {
+            let ratio = if sys == "turnstile" && k.n > 0 {
                 if million {
                     if k.register_all_s > 0.0 && s.register_all_s > 0.0 {
                         format!(
