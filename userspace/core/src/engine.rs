@@ -18,7 +18,7 @@
 
 use crate::auth::{AuthConfig, AuthOutcome, DigestAuth, FailReason, UserDb};
 use crate::group::{AuthMode, GroupId, GroupKind, GroupTable, Unclassified};
-use crate::msg::build::{finish, response_destination, response_head, write_top_via};
+use crate::msg::build::{finish, push_num, response_destination, response_head, write_top_via};
 use crate::msg::fields::{self, NameAddr, Via};
 use crate::msg::uri::{Scheme, Uri};
 use crate::msg::{self, HeaderName, Message, Method, StartLine};
@@ -126,35 +126,88 @@ struct Txn {
 }
 
 /// Retransmission absorption (RFC 3261 §17.2.2 for UDP, keyed per §17.2.3).
-#[derive(Default)]
+///
+/// Keyed by a 64-bit keyed hash of (branch, sent-by, method): with at most [`MAX_TXNS`]
+/// entries a collision is ~1e-10 likely, and the stored response is only ever sent back to
+/// the address it was built for.
 struct TxnCache {
-    map: HashMap<Vec<u8>, Txn, ahash::RandomState>,
+    map: HashMap<u64, Txn, BuildNoHash>,
     /// (expiry, key) in insertion order; insertion order is expiry order (fixed Timer J).
-    order: VecDeque<(Millis, Vec<u8>)>,
+    order: VecDeque<(Millis, u64)>,
+    hasher: ahash::RandomState,
+}
+
+/// The keys are already hashes.
+#[derive(Clone, Copy, Default)]
+struct BuildNoHash;
+impl std::hash::BuildHasher for BuildNoHash {
+    type Hasher = NoHash;
+    fn build_hasher(&self) -> NoHash {
+        NoHash(0)
+    }
+}
+struct NoHash(u64);
+impl std::hash::Hasher for NoHash {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+    fn write(&mut self, bytes: &[u8]) {
+        for &b in bytes {
+            self.0 = self.0.rotate_left(8) ^ b as u64;
+        }
+    }
+    fn write_u64(&mut self, n: u64) {
+        self.0 = n;
+    }
 }
 
 impl TxnCache {
-    fn get(&self, key: &[u8]) -> Option<&Txn> {
-        self.map.get(key)
+    fn new(seed: u64) -> Self {
+        TxnCache {
+            map: HashMap::with_hasher(BuildNoHash),
+            order: VecDeque::new(),
+            hasher: ahash::RandomState::with_seeds(seed, 0x7475726e, 0x7374696c, 0x65),
+        }
     }
 
-    fn insert(&mut self, now: Millis, key: Vec<u8>, txn: Txn) {
+    /// Transaction key of a request (RFC 3261 §17.2.3): branch, sent-by and method, with
+    /// ACK matching INVITE. Only RFC 3261 branches are keyed; RFC 2543 requests are not
+    /// absorbed (they fall through to the registrar's duplicate handling).
+    fn key(&self, via: &Via<'_>, method: &[u8]) -> Option<u64> {
+        let branch = via.branch.filter(|_| via.has_rfc3261_branch())?;
+        use std::hash::{BuildHasher, Hash, Hasher};
+        let mut h = self.hasher.build_hasher();
+        branch.hash(&mut h);
+        for &c in via.host {
+            h.write_u8(c.to_ascii_lowercase());
+        }
+        via.port.unwrap_or(5060).hash(&mut h);
+        let m: &[u8] = if method == b"ACK" { b"INVITE" } else { method };
+        m.hash(&mut h);
+        Some(h.finish())
+    }
+
+    fn get(&self, key: u64) -> Option<&Txn> {
+        self.map.get(&key)
+    }
+
+    fn insert(&mut self, now: Millis, key: u64, txn: Txn) {
         if self.map.len() >= MAX_TXNS {
             if let Some((_, old)) = self.order.pop_front() {
                 self.map.remove(&old);
             }
         }
-        if self.map.insert(key.clone(), txn).is_none() {
+        if self.map.insert(key, txn).is_none() {
             self.order.push_back((now.plus_ms(TIMER_J_MS), key));
         }
     }
 
     fn expire(&mut self, now: Millis) {
-        while let Some((at, _)) = self.order.front() {
-            if *at > now {
+        while let Some(&(at, key)) = self.order.front() {
+            if at > now {
                 break;
             }
-            let (_, key) = self.order.pop_front().expect("front exists");
+            self.order.pop_front();
             self.map.remove(&key);
         }
     }
@@ -164,45 +217,40 @@ impl TxnCache {
     }
 }
 
-/// Transaction key of a request (RFC 3261 §17.2.3): branch, sent-by and method, with ACK
-/// matching INVITE. Only RFC 3261 branches are keyed; RFC 2543 requests are not absorbed.
-fn txn_key(via: &Via<'_>, method: &[u8], out: &mut Vec<u8>) -> bool {
-    let Some(branch) = via.branch.filter(|_| via.has_rfc3261_branch()) else {
-        return false;
-    };
-    out.clear();
-    out.extend_from_slice(branch);
-    out.push(0);
-    out.extend(via.host.iter().map(u8::to_ascii_lowercase));
-    out.push(0);
-    let _ = write!(out, "{}", via.port.unwrap_or(5060));
-    out.push(0);
-    out.extend_from_slice(if method == b"ACK" { b"INVITE" } else { method });
-    true
-}
-
 pub struct Engine {
     shared: Arc<Shared>,
+    w: Worker,
+}
+
+/// The mutable half of an engine. Kept apart from the `Arc<Shared>` so request handling can
+/// borrow both without cloning the `Arc` (an atomic shared by all workers) per datagram.
+struct Worker {
     stats: Arc<WorkerStats>,
     out: VecDeque<Transmit>,
     scratch: Vec<u8>,
     bindings: Bindings,
     txns: TxnCache,
-    key_buf: Vec<u8>,
     rng: SmallRng,
+    server_name: String,
+    /// RFC 1123 date of the last second seen, formatted once per second.
+    date: (u64, String),
 }
 
 impl Engine {
     pub fn new(shared: Arc<Shared>, seed: u64) -> Self {
+        let server_name = shared.config.server_name.clone();
         Engine {
             shared,
-            stats: Arc::default(),
-            out: VecDeque::new(),
-            scratch: Vec::new(),
-            bindings: Bindings::new(),
-            txns: TxnCache::default(),
-            key_buf: Vec::with_capacity(128),
-            rng: SmallRng::seed_from_u64(seed),
+            w: Worker {
+                stats: Arc::default(),
+                out: VecDeque::new(),
+                scratch: Vec::new(),
+                bindings: Bindings::new(),
+                txns: TxnCache::new(seed),
+                rng: SmallRng::seed_from_u64(seed),
+                server_name,
+                date: (u64::MAX, String::new()),
+            },
         }
     }
 
@@ -212,7 +260,7 @@ impl Engine {
 
     /// This worker's counters; the control plane keeps a clone and merges on read.
     pub fn stats(&self) -> &Arc<WorkerStats> {
-        &self.stats
+        &self.w.stats
     }
 
     /// One UDP datagram from `src`, received on local address `local`; classifies `src` itself.
@@ -224,6 +272,24 @@ impl Engine {
     /// Same, with the IP Group already known (XDP metadata, or the socket worker's own
     /// classification that decided which fair queue the datagram waited in).
     pub fn handle_classified(&mut self, now: Millis, src: SocketAddr, local: SocketAddr, group: Option<GroupId>, data: &[u8]) {
+        self.w.handle(&self.shared, now, src, local, group, data)
+    }
+
+    pub fn poll_transmit(&mut self) -> Option<Transmit> {
+        self.w.out.pop_front()
+    }
+
+    pub fn poll_timeout(&self) -> Option<Millis> {
+        self.w.txns.next_expiry()
+    }
+
+    pub fn handle_timeout(&mut self, now: Millis) {
+        self.w.txns.expire(now);
+    }
+}
+
+impl Worker {
+    fn handle(&mut self, shared: &Shared, now: Millis, src: SocketAddr, local: SocketAddr, group: Option<GroupId>, data: &[u8]) {
         self.stats.inc(Counter::RxDatagrams);
         if let Some(g) = group {
             self.stats.inc_group(g, GroupCounter::Rx);
@@ -233,7 +299,7 @@ impl Engine {
             Ok(m) => {
                 if m.is_request() {
                     self.stats.inc(Counter::RxRequests);
-                    self.on_request(now, src, local, group, &m);
+                    self.on_request(shared, now, src, local, group, &m);
                 } else {
                     self.stats.inc(Counter::RxResponses);
                     self.on_response(src, local, &m);
@@ -243,18 +309,6 @@ impl Engine {
             Err(_) => self.stats.inc(Counter::DropMalformed),
         }
         self.scratch = scratch;
-    }
-
-    pub fn poll_transmit(&mut self) -> Option<Transmit> {
-        self.out.pop_front()
-    }
-
-    pub fn poll_timeout(&self) -> Option<Millis> {
-        self.txns.next_expiry()
-    }
-
-    pub fn handle_timeout(&mut self, now: Millis) {
-        self.txns.expire(now);
     }
 
     fn send(&mut self, dst: SocketAddr, local: SocketAddr, payload: Vec<u8>) {
@@ -268,11 +322,9 @@ impl Engine {
         let Some(via) = m.top_via else { return };
         let dst = response_destination(&via, src);
         if let StartLine::Request { method_raw, .. } = m.start {
-            let mut key = std::mem::take(&mut self.key_buf);
-            if txn_key(&via, method_raw, &mut key) {
-                self.txns.insert(now, key.clone(), Txn { dst, response: out.clone() });
+            if let Some(key) = self.txns.key(&via, method_raw) {
+                self.txns.insert(now, key, Txn { dst, response: out.clone() });
             }
-            self.key_buf = key;
         }
         self.send(dst, local, out);
     }
@@ -302,32 +354,25 @@ impl Engine {
             return;
         }
         extra(&mut out);
-        finish(&mut out, &self.shared.config.server_name, b"");
+        finish(&mut out, &self.server_name, b"");
         if code >= 400 && code != 401 && code != 407 {
             self.stats.inc(Counter::Rejected400);
         }
         self.respond(now, m, src, local, out);
     }
 
-    fn on_request(&mut self, now: Millis, src: SocketAddr, local: SocketAddr, group: Option<GroupId>, m: &Message<'_>) {
+    fn on_request(&mut self, shared: &Shared, now: Millis, src: SocketAddr, local: SocketAddr, group: Option<GroupId>, m: &Message<'_>) {
         // Retransmission of a request we answered: same bytes again, no second update.
         if let (Some(via), StartLine::Request { method_raw, .. }) = (m.top_via, m.start) {
-            let mut key = std::mem::take(&mut self.key_buf);
-            if txn_key(&via, method_raw, &mut key) {
-                if let Some(t) = self.txns.get(&key) {
-                    let (dst, payload) = (t.dst, t.response.clone());
-                    self.key_buf = key;
-                    self.stats.inc(Counter::Retransmissions);
-                    if method_raw != b"ACK" {
-                        self.send(dst, local, payload);
-                    }
-                    return;
+            if let Some(t) = self.txns.key(&via, method_raw).and_then(|k| self.txns.get(k)) {
+                let (dst, payload) = (t.dst, t.response.clone());
+                self.stats.inc(Counter::Retransmissions);
+                if method_raw != b"ACK" {
+                    self.send(dst, local, payload);
                 }
+                return;
             }
-            self.key_buf = key;
         }
-
-        let shared = Arc::clone(&self.shared);
         let Some(gid) = group else {
             self.stats.inc(Counter::DropUnclassified);
             if shared.config.unclassified == Unclassified::Reject {
@@ -375,7 +420,7 @@ impl Engine {
                     });
                     return;
                 }
-                self.on_register(now, src, local, gid, grp.kind, grp.auth, m, &hot, &ruri);
+                self.on_register(shared, now, src, local, gid, grp.kind, grp.auth, m, &hot, &ruri);
             }
             Method::Options if ruri.user.is_none() && shared.is_local_host(ruri.host) => {
                 if let Some(bad) = unsupported_requires(m, HeaderName::Require) {
@@ -391,13 +436,14 @@ impl Engine {
                     let _ = write!(o, "Allow: {ALLOW}\r\nAccept: application/sdp\r\nSupported: path\r\n");
                 });
             }
-            _ => self.route_to_user(now, src, local, m, &hot, &ruri),
+            _ => self.route_to_user(shared, now, src, local, m, &hot, &ruri),
         }
     }
 
     #[allow(clippy::too_many_arguments)]
     fn on_register(
         &mut self,
+        shared: &Shared,
         now: Millis,
         src: SocketAddr,
         local: SocketAddr,
@@ -408,8 +454,7 @@ impl Engine {
         hot: &msg::Hot<'_>,
         ruri: &Uri<'_>,
     ) {
-        let shared = Arc::clone(&self.shared);
-        let fail = |e: &mut Engine| {
+        let fail = |e: &mut Worker| {
             e.stats.inc(Counter::RegisterFailed);
             e.stats.inc_group(gid, GroupCounter::RegisterFailed);
         };
@@ -522,30 +567,34 @@ impl Engine {
         }
         let mut contacts: smallvec::SmallVec<[ContactReq<'_>; 4]> = smallvec::SmallVec::new();
         for (i, (na, _uri)) in parsed.iter().enumerate() {
-            let expires = match na.param("expires") {
-                None | Some(None) => None,
-                Some(Some(v)) => match fields::parse_u32(fields::unquote(v), true) {
-                    Ok(e) => Some(e),
-                    Err(_) => {
-                        fail(self);
-                        self.reply(now, m, src, local, 400, "Malformed Contact expires Parameter");
-                        return;
+            // One pass over the contact's parameters.
+            let (mut expires, mut q, mut instance, mut reg_id) = (None, None, None, None);
+            for (n, v) in fields::params(na.params) {
+                let Some(v) = v else { continue };
+                if n.eq_ignore_ascii_case(b"expires") {
+                    match fields::parse_u32(fields::unquote(v), true) {
+                        Ok(e) => expires = Some(e),
+                        Err(_) => {
+                            fail(self);
+                            self.reply(now, m, src, local, 400, "Malformed Contact expires Parameter");
+                            return;
+                        }
                     }
-                },
-            };
-            let q = match na.param("q") {
-                None | Some(None) => None,
-                Some(Some(v)) => match parse_q(v) {
-                    Some(q) => Some(q),
-                    None => {
-                        fail(self);
-                        self.reply(now, m, src, local, 400, "Malformed q Value");
-                        return;
+                } else if n.eq_ignore_ascii_case(b"q") {
+                    match parse_q(v) {
+                        Some(x) => q = Some(x),
+                        None => {
+                            fail(self);
+                            self.reply(now, m, src, local, 400, "Malformed q Value");
+                            return;
+                        }
                     }
-                },
-            };
-            let instance = na.param("+sip.instance").flatten().and_then(|v| std::str::from_utf8(v).ok());
-            let reg_id = na.param("reg-id").flatten().and_then(|v| fields::parse_u32(v, false).ok());
+                } else if n.eq_ignore_ascii_case(b"+sip.instance") {
+                    instance = std::str::from_utf8(v).ok();
+                } else if n.eq_ignore_ascii_case(b"reg-id") {
+                    reg_id = fields::parse_u32(v, false).ok();
+                }
+            }
             contacts.push(ContactReq {
                 uri: std::str::from_utf8(na.uri).unwrap_or(""),
                 key: &keys[i],
@@ -588,11 +637,16 @@ impl Engine {
                 self.stats.inc_group(gid, GroupCounter::RegisterOk);
                 let echo_path = !path.is_empty();
                 let bref = &bindings;
+                if self.date.0 != now.as_secs() {
+                    self.date = (now.as_secs(), http_date(now));
+                }
+                let date = std::mem::take(&mut self.date.1);
                 self.reply_with(now, m, src, local, 200, "OK", |o| {
                     for b in bref.iter() {
                         o.extend_from_slice(b"Contact: <");
                         o.extend_from_slice(b.uri.as_bytes());
-                        let _ = write!(o, ">;expires={}", b.expires);
+                        o.extend_from_slice(b">;expires=");
+                        push_num(o, b.expires);
                         if let Some(q) = b.q {
                             write_q(o, q);
                         }
@@ -614,9 +668,10 @@ impl Engine {
                         }
                     }
                     o.extend_from_slice(b"Date: ");
-                    o.extend_from_slice(http_date(now).as_bytes());
+                    o.extend_from_slice(date.as_bytes());
                     o.extend_from_slice(b"\r\n");
                 });
+                self.date.1 = date;
             }
             Err(e) => {
                 fail(self);
@@ -647,8 +702,17 @@ impl Engine {
 
     /// Location service (RFC 3261 §16): requests for our domain's users go statelessly to
     /// the best current binding (highest q, then most recent: the registrar's order).
-    fn route_to_user(&mut self, now: Millis, src: SocketAddr, local: SocketAddr, m: &Message<'_>, hot: &msg::Hot<'_>, ruri: &Uri<'_>) {
-        let shared = Arc::clone(&self.shared);
+    #[allow(clippy::too_many_arguments)]
+    fn route_to_user(
+        &mut self,
+        shared: &Shared,
+        now: Millis,
+        src: SocketAddr,
+        local: SocketAddr,
+        m: &Message<'_>,
+        hot: &msg::Hot<'_>,
+        ruri: &Uri<'_>,
+    ) {
         let method = m.method().unwrap_or(Method::Other);
         if !shared.is_local_host(ruri.host) {
             // We are no open relay; outbound routing to other domains is the routing issue.

@@ -37,6 +37,38 @@ pub fn default_reason(code: u16) -> &'static str {
     }
 }
 
+/// Appends a decimal number without going through `core::fmt` (hot path).
+#[inline]
+pub fn push_num(out: &mut Vec<u8>, n: impl itoa::Integer) {
+    out.extend_from_slice(itoa::Buffer::new().format(n).as_bytes());
+}
+
+/// Appends an IP address; IPv4 by hand (the common case), IPv6 through `Display`.
+pub fn push_ip(out: &mut Vec<u8>, ip: IpAddr) {
+    match ip {
+        IpAddr::V4(v4) => {
+            let o = v4.octets();
+            for (i, b) in o.iter().enumerate() {
+                if i > 0 {
+                    out.push(b'.');
+                }
+                push_num(out, *b);
+            }
+        }
+        IpAddr::V6(v6) => {
+            let _ = write!(out, "{v6}");
+        }
+    }
+}
+
+/// Appends `n` as 16 lower-case hex digits.
+pub fn push_hex16(out: &mut Vec<u8>, n: u64) {
+    const HEX: &[u8; 16] = b"0123456789abcdef";
+    for i in (0..16).rev() {
+        out.push(HEX[((n >> (i * 4)) & 0xf) as usize]);
+    }
+}
+
 /// Writes the top Via value with `received` and `rport` filled in for a request that came
 /// from `src` (RFC 3261 §18.2.1, RFC 3581 §4). Other parameters keep their order.
 pub fn write_top_via(out: &mut Vec<u8>, via: &Via<'_>, src: SocketAddr) {
@@ -50,11 +82,13 @@ pub fn write_top_via(out: &mut Vec<u8>, via: &Via<'_>, src: SocketAddr) {
         v4 => v4,
     };
     let rport_requested = matches!(via.rport, Some(None));
-    let sent_by_is_src = std::str::from_utf8(via.host)
-        .ok()
-        .map(|h| h.trim_start_matches('[').trim_end_matches(']'))
-        .and_then(|h| h.parse::<IpAddr>().ok())
-        == Some(src_ip);
+    // Only bother parsing the sent-by when it could be an address equal to the source.
+    let sent_by_is_src = !rport_requested
+        && std::str::from_utf8(via.host)
+            .ok()
+            .map(|h| h.trim_start_matches('[').trim_end_matches(']'))
+            .and_then(|h| h.parse::<IpAddr>().ok())
+            == Some(src_ip);
     for (n, v) in params(via.params) {
         if n.eq_ignore_ascii_case(b"received") || (n.eq_ignore_ascii_case(b"rport") && v.is_none()) {
             continue;
@@ -68,10 +102,12 @@ pub fn write_top_via(out: &mut Vec<u8>, via: &Via<'_>, src: SocketAddr) {
     }
     if rport_requested || !sent_by_is_src {
         // `received` carries the bare address, IPv6 without brackets (RFC 3261 §18.2.1).
-        let _ = write!(out, ";received={src_ip}");
+        out.extend_from_slice(b";received=");
+        push_ip(out, src_ip);
     }
     if rport_requested {
-        let _ = write!(out, ";rport={}", src.port());
+        out.extend_from_slice(b";rport=");
+        push_num(out, src.port());
     }
 }
 
@@ -112,19 +148,25 @@ pub fn response_head(out: &mut Vec<u8>, req: &Message<'_>, src: SocketAddr, code
         return false;
     };
     out.reserve(512);
-    let _ = write!(out, "SIP/2.0 {code} {reason}\r\n");
+    out.extend_from_slice(b"SIP/2.0 ");
+    push_num(out, code);
+    out.push(b' ');
+    out.extend_from_slice(reason.as_bytes());
+    out.extend_from_slice(b"\r\n");
     let mut first = true;
     for line in req.header_lines(HeaderName::Via) {
         out.extend_from_slice(b"Via: ");
         if first {
             first = false;
             write_top_via(out, &top_via, src);
-            // The rest of the first Via line (further comma-separated values).
-            let mut items = super::fields::split_list(line);
-            items.next();
-            for item in items {
-                out.extend_from_slice(b", ");
-                out.extend_from_slice(item);
+            // The rest of the first Via line (further comma-separated values), if any.
+            if memchr::memchr(b',', line).is_some() {
+                let mut items = super::fields::split_list(line);
+                items.next();
+                for item in items {
+                    out.extend_from_slice(b", ");
+                    out.extend_from_slice(item);
+                }
             }
         } else {
             out.extend_from_slice(line);
@@ -141,10 +183,14 @@ pub fn response_head(out: &mut Vec<u8>, req: &Message<'_>, src: SocketAddr, code
     if let Some(to) = req.header(HeaderName::To) {
         out.extend_from_slice(b"To: ");
         out.extend_from_slice(to);
-        let has_tag = NameAddr::parse(to).map(|n| n.tag().is_some()).unwrap_or(true);
+        let has_tag = match &req.hot {
+            Some(h) => h.to.tag().is_some(),
+            None => NameAddr::parse(to).map(|n| n.tag().is_some()).unwrap_or(true),
+        };
         if !has_tag && code > 100 {
             let tag = local_tag(call_id.unwrap_or(b""), from.unwrap_or(b""), top_via.branch.unwrap_or(b""));
-            let _ = write!(out, ";tag={tag:016x}");
+            out.extend_from_slice(b";tag=");
+            push_hex16(out, tag);
         }
         out.extend_from_slice(b"\r\n");
     }
@@ -168,7 +214,9 @@ pub fn finish(out: &mut Vec<u8>, server: &str, body: &[u8]) {
         out.extend_from_slice(server.as_bytes());
         out.extend_from_slice(b"\r\n");
     }
-    let _ = write!(out, "Content-Length: {}\r\n\r\n", body.len());
+    out.extend_from_slice(b"Content-Length: ");
+    push_num(out, body.len());
+    out.extend_from_slice(b"\r\n\r\n");
     out.extend_from_slice(body);
 }
 

@@ -56,15 +56,41 @@ pub fn trim(mut s: &[u8]) -> &[u8] {
     s
 }
 
+/// Byte-class lookup tables: one load per byte instead of a chain of compares.
+const fn class_table(extra: &[u8], unreserved: bool) -> [bool; 256] {
+    let mut t = [false; 256];
+    let mut i = 0;
+    while i < 256 {
+        let c = i as u8;
+        t[i] = c.is_ascii_alphanumeric()
+            || (unreserved && matches!(c, b'-' | b'_' | b'.' | b'!' | b'~' | b'*' | b'\'' | b'(' | b')'));
+        i += 1;
+    }
+    let mut j = 0;
+    while j < extra.len() {
+        t[extra[j] as usize] = true;
+        j += 1;
+    }
+    t
+}
+
+/// RFC 3261 §25.1 `token`.
+pub static TOKEN: [bool; 256] = class_table(b"-.!%*_+`'~", false);
+
 /// RFC 3261 §25.1 `token` characters.
 #[inline]
 pub fn is_token_char(c: u8) -> bool {
-    c.is_ascii_alphanumeric()
-        || matches!(c, b'-' | b'.' | b'!' | b'%' | b'*' | b'_' | b'+' | b'`' | b'\'' | b'~')
+    TOKEN[c as usize]
 }
 
+#[inline]
 pub fn is_token(s: &[u8]) -> bool {
-    !s.is_empty() && s.iter().all(|&c| is_token_char(c))
+    !s.is_empty() && s.iter().all(|&c| TOKEN[c as usize])
+}
+
+/// `unreserved` plus the given extras (for the URI component checks in `uri.rs`).
+pub const fn unreserved_plus(extra: &[u8]) -> [bool; 256] {
+    class_table(extra, true)
 }
 
 /// Index just past the quoted-string starting at `s[0] == '"'`, honouring backslash escapes.
@@ -147,41 +173,51 @@ impl<'a> Iterator for ParamIter<'a> {
     type Item = (&'a [u8], Option<&'a [u8]>);
     fn next(&mut self) -> Option<Self::Item> {
         loop {
-            let s = trim(self.rest);
-            if s.is_empty() {
+            let s = self.rest;
+            let mut i = 0;
+            while i < s.len() && is_lws(s[i]) {
+                i += 1;
+            }
+            if i == s.len() {
+                self.rest = &[];
                 return None;
             }
-            if s[0] != b';' {
+            if s[i] != b';' {
                 self.error = true;
                 self.rest = &[];
                 return None;
             }
-            let s = &s[1..];
+            let start = i + 1;
             // The parameter ends at the next ';' outside a quoted string.
-            let mut i = 0;
-            while i < s.len() && s[i] != b';' {
-                if s[i] == b'"' {
-                    match skip_quoted(&s[i..]) {
-                        Some(n) => i += n,
+            let mut j = start;
+            let mut eq = None;
+            while j < s.len() {
+                match s[j] {
+                    b';' => break,
+                    b'=' if eq.is_none() => {
+                        eq = Some(j);
+                        j += 1;
+                    }
+                    b'"' => match skip_quoted(&s[j..]) {
+                        Some(n) => j += n,
                         None => {
                             self.error = true;
                             self.rest = &[];
                             return None;
                         }
-                    }
-                } else {
-                    i += 1;
+                    },
+                    _ => j += 1,
                 }
             }
-            let p = trim(&s[..i]);
-            self.rest = &s[i..];
-            if p.is_empty() {
+            self.rest = &s[j..];
+            let (name, value) = match eq {
+                Some(e) => (trim(&s[start..e]), Some(trim(&s[e + 1..j]))),
+                None => (trim(&s[start..j]), None),
+            };
+            if name.is_empty() && value.is_none() {
                 continue;
             }
-            return Some(match memchr::memchr(b'=', p) {
-                Some(e) => (trim(&p[..e]), Some(trim(&p[e + 1..]))),
-                None => (p, None),
-            });
+            return Some((name, value));
         }
     }
 }

@@ -172,7 +172,7 @@ pub struct Header<'a> {
 #[derive(Clone, Debug)]
 pub struct Message<'a> {
     pub start: StartLine<'a>,
-    headers: SmallVec<[Header<'a>; 24]>,
+    headers: SmallVec<[Header<'a>; 16]>,
     pub body: &'a [u8],
     /// The first reason this request must be rejected, if any. Always `None` for responses
     /// that parse (a broken response is a [`ParseError`]).
@@ -230,94 +230,45 @@ pub fn parse<'a>(data: &'a [u8], scratch: &'a mut Vec<u8>) -> Result<Message<'a>
     let too_large = data.len() > MAX_MESSAGE_SIZE;
     let data = &data[start..data.len().min(start + MAX_MESSAGE_SIZE)];
 
-    // Header section end. A datagram whose headers end at the end of the datagram without
-    // the empty line (RFC 4475 baddn.dat as distributed) is still framed, with no body.
-    let (head_end, body_start) = match memchr::memmem::find(data, b"\r\n\r\n") {
-        Some(i) => (i + 2, i + 4),
-        None if data.ends_with(b"\r\n") => (data.len(), data.len()),
-        None => return Err(ParseError::Truncated),
+    // Fast path: the datagram as is. Folded header lines (RFC 3261 §7.3.1) are rare; when the
+    // scan meets one it starts over on a copy in `scratch` where every line break that
+    // precedes a continuation line is overwritten with spaces. That keeps every offset — and
+    // so the body position — unchanged.
+    let Some(first_nl) = memchr::memchr(b'\n', data) else {
+        return Err(ParseError::Truncated);
     };
-    let buf: &'a [u8] = if memchr::memmem::find(&data[..head_end], b"\r\n ").is_some()
-        || memchr::memmem::find(&data[..head_end], b"\r\n\t").is_some()
-    {
-        scratch.clear();
-        scratch.extend_from_slice(data);
-        let mut i = 0;
-        while i + 2 < head_end {
-            if scratch[i] == b'\r' && scratch[i + 1] == b'\n' && (scratch[i + 2] == b' ' || scratch[i + 2] == b'\t') {
-                scratch[i] = b' ';
-                scratch[i + 1] = b' ';
-            }
-            i += 1;
-        }
-        scratch
-    } else {
-        data
-    };
-
-    let line_end = memchr::memmem::find(&buf[..head_end], b"\r\n").unwrap_or(head_end);
-    let (start_line, mut defect) = parse_start_line(&buf[..line_end])?;
-    let is_request = matches!(start_line, StartLine::Request { .. });
-
+    let (start_line, defect) = parse_start_line(trim_cr(&data[..first_nl]))?;
     let mut msg = Message {
         start: start_line,
         headers: SmallVec::new(),
         body: &[],
-        defect: None,
+        defect,
         first: [u8::MAX; HOT_SLOTS],
         hot: None,
         top_via: None,
     };
     if too_large {
-        defect = defect.or(Some(Defect::TooLarge));
+        msg.defect = msg.defect.or(Some(Defect::TooLarge));
     }
-
-    let mut content_length: Option<usize> = None;
-    let mut pos = (line_end + 2).min(head_end);
-    while pos < head_end {
-        let eol = memchr::memmem::find(&buf[pos..head_end], b"\r\n").map(|i| pos + i).unwrap_or(head_end);
-        let line = &buf[pos..eol];
-        pos = eol + 2;
-        if line.is_empty() {
-            continue;
-        }
-        let Some(colon) = memchr::memchr(b':', line) else {
-            defect = defect.or(Some(Defect::BadHeaderLine));
-            continue;
-        };
-        // HCOLON = *( SP / HTAB ) ":" SWS
-        let raw_name = trim(&line[..colon]);
-        if !is_token(raw_name) || line[0] == b' ' || line[0] == b'\t' {
-            defect = defect.or(Some(Defect::BadHeaderLine));
-            continue;
-        }
-        let name = HeaderName::from_bytes(raw_name);
-        let value = trim(&line[colon + 1..]);
-        if msg.headers.len() >= MAX_HEADERS {
-            defect = defect.or(Some(Defect::TooManyHeaders));
-            break;
-        }
-        if let Some(slot) = hot_slot(name) {
-            if msg.first[slot] == u8::MAX {
-                msg.first[slot] = msg.headers.len() as u8;
-            } else if name.is_singleton() && is_request {
-                defect = defect.or(Some(Defect::DuplicateHeader(name)));
-            }
-        } else if name.is_singleton() && is_request && msg.headers.iter().any(|h| h.name == name) {
-            defect = defect.or(Some(Defect::DuplicateHeader(name)));
-        }
-        if name == HeaderName::ContentLength {
-            match fields::parse_u32(value, false) {
-                Ok(n) => match content_length {
-                    None => content_length = Some(n as usize),
-                    // RFC 4475 §3.1.2.14 mcl01: no way to know which one is right.
-                    Some(_) => defect = defect.or(Some(Defect::MultipleContentLength)),
-                },
-                Err(_) => defect = defect.or(Some(Defect::BadContentLength)),
+    let (buf, body_start, content_length) = match msg.scan_headers(data, first_nl + 1) {
+        Ok((b, cl)) => (data, b, cl),
+        Err(ScanError::Truncated) => return Err(ParseError::Truncated),
+        Err(ScanError::Folded) => {
+            scratch.clear();
+            scratch.extend_from_slice(data);
+            unfold(scratch);
+            msg.headers.clear();
+            msg.first = [u8::MAX; HOT_SLOTS];
+            msg.defect = defect.or(too_large.then_some(Defect::TooLarge));
+            let buf: &'a [u8] = scratch;
+            match msg.scan_headers(buf, first_nl + 1) {
+                Ok((b, cl)) => (buf, b, cl),
+                Err(_) => return Err(ParseError::Truncated),
             }
         }
-        msg.headers.push(Header { name, raw_name, value });
-    }
+    };
+    let is_request = msg.is_request();
+    let mut defect = msg.defect;
 
     // RFC 3261 §18.3: Content-Length governs; bytes past it are discarded; a body shorter
     // than announced is an error. Over UDP a missing Content-Length means "to the end".
@@ -331,7 +282,7 @@ pub fn parse<'a>(data: &'a [u8], scratch: &'a mut Vec<u8>) -> Result<Message<'a>
         None => avail,
     };
 
-    msg.top_via = msg.header(HeaderName::Via).and_then(|v| fields::split_list(v).next()).and_then(|v| Via::parse(v).ok());
+    msg.top_via = msg.header(HeaderName::Via).and_then(first_list_item).and_then(|v| Via::parse(v).ok());
     if is_request {
         match msg.validate_hot() {
             Ok(h) => msg.hot = Some(h),
@@ -340,16 +291,135 @@ pub fn parse<'a>(data: &'a [u8], scratch: &'a mut Vec<u8>) -> Result<Message<'a>
     } else {
         // Responses are routed by Via; a response we cannot parse that far is dropped.
         match msg.validate_hot() {
-            Ok(h) => msg.hot = Some(h),
-            Err(_) if defect.is_none() => return Err(ParseError::BadStatusLine),
-            Err(_) => return Err(ParseError::BadStatusLine),
-        }
-        if defect.is_some() {
-            return Err(ParseError::BadStatusLine);
+            Ok(h) if defect.is_none() => msg.hot = Some(h),
+            _ => return Err(ParseError::BadStatusLine),
         }
     }
     msg.defect = defect;
     Ok(msg)
+}
+
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum ScanError {
+    Folded,
+    Truncated,
+}
+
+/// Joins folded lines in place: a line break followed by SP/HT becomes spaces.
+fn unfold(buf: &mut [u8]) {
+    let head_end = scan_head_end(buf);
+    for i in 1..head_end {
+        if buf[i] == b'\n' && matches!(buf.get(i + 1), Some(b' ' | b'\t')) {
+            buf[i] = b' ';
+            if buf[i - 1] == b'\r' {
+                buf[i - 1] = b' ';
+            }
+        }
+    }
+}
+
+/// The end of the header section ignoring folding (for [`unfold`]).
+fn scan_head_end(buf: &[u8]) -> usize {
+    let mut pos = 0;
+    while let Some(i) = memchr::memchr(b'\n', &buf[pos..]) {
+        let nl = pos + i;
+        match buf.get(nl + 1) {
+            Some(b'\n') => return nl + 1,
+            Some(b'\r') if buf.get(nl + 2) == Some(&b'\n') => return nl + 1,
+            None => return buf.len(),
+            _ => pos = nl + 1,
+        }
+    }
+    buf.len()
+}
+
+#[inline]
+fn trim_cr(line: &[u8]) -> &[u8] {
+    match line {
+        [rest @ .., b'\r'] => rest,
+        _ => line,
+    }
+}
+
+/// The first element of a list header value: the common case (no quotes) is one memchr.
+fn first_list_item(v: &[u8]) -> Option<&[u8]> {
+    if memchr::memchr(b'"', v).is_none() {
+        let end = memchr::memchr(b',', v).unwrap_or(v.len());
+        let item = trim(&v[..end]);
+        return (!item.is_empty()).then_some(item);
+    }
+    fields::split_list(v).next()
+}
+
+impl<'a> Message<'a> {
+    /// Header lines from `pos` to the empty line, in one pass: one memchr per line, names
+    /// checked with a lookup table. Returns the body start and the Content-Length.
+    fn scan_headers(&mut self, buf: &'a [u8], mut pos: usize) -> Result<(usize, Option<usize>), ScanError> {
+        let is_request = self.is_request();
+        let mut content_length: Option<usize> = None;
+        let mut defect = self.defect;
+        let body_start = loop {
+            if pos >= buf.len() {
+                // Headers end at the end of the datagram without the empty line (RFC 4475
+                // baddn.dat as distributed): framed, with no body.
+                break buf.len();
+            }
+            match buf[pos] {
+                b'\n' => break pos + 1,
+                b'\r' if buf.get(pos + 1) == Some(&b'\n') => break pos + 2,
+                b' ' | b'\t' => return Err(ScanError::Folded),
+                _ => {}
+            }
+            let eol = match memchr::memchr(b'\n', &buf[pos..]) {
+                Some(i) => pos + i,
+                None => return Err(ScanError::Truncated),
+            };
+            let line = trim_cr(&buf[pos..eol]);
+            pos = eol + 1;
+            // HCOLON = *( SP / HTAB ) ":" SWS
+            let mut n = 0;
+            while n < line.len() && fields::TOKEN[line[n] as usize] {
+                n += 1;
+            }
+            let raw_name = &line[..n];
+            while n < line.len() && (line[n] == b' ' || line[n] == b'\t') {
+                n += 1;
+            }
+            if raw_name.is_empty() || line.get(n) != Some(&b':') {
+                defect = defect.or(Some(Defect::BadHeaderLine));
+                continue;
+            }
+            let name = HeaderName::from_bytes(raw_name);
+            let value = trim(&line[n + 1..]);
+            if self.headers.len() >= MAX_HEADERS {
+                defect = defect.or(Some(Defect::TooManyHeaders));
+                continue;
+            }
+            if let Some(slot) = hot_slot(name) {
+                if self.first[slot] == u8::MAX {
+                    self.first[slot] = self.headers.len() as u8;
+                } else if name.is_singleton() && is_request {
+                    defect = defect.or(Some(Defect::DuplicateHeader(name)));
+                }
+            } else if name.is_singleton() && is_request && self.headers.iter().any(|h| h.name == name) {
+                defect = defect.or(Some(Defect::DuplicateHeader(name)));
+            }
+            if name == HeaderName::ContentLength {
+                match fields::parse_u32(value, false) {
+                    Ok(v) => match content_length {
+                        None => content_length = Some(v as usize),
+                        // RFC 4475 §3.1.2.14 mcl01: no way to know which one is right.
+                        Some(_) => defect = defect.or(Some(Defect::MultipleContentLength)),
+                    },
+                    Err(_) => defect = defect.or(Some(Defect::BadContentLength)),
+                }
+            }
+            self.headers.push(Header { name, raw_name, value });
+        };
+        self.defect = defect;
+        Ok((body_start, content_length))
+    }
 }
 
 fn parse_start_line(line: &[u8]) -> Result<(StartLine<'_>, Option<Defect>), ParseError> {
@@ -458,9 +528,8 @@ impl<'a> Message<'a> {
     fn validate_hot(&self) -> Result<Hot<'a>, Defect> {
         use HeaderName as H;
         let need = |h: HeaderName| self.header(h).ok_or(Defect::MissingHeader(h));
-        let via_line = need(H::Via)?;
-        let via_raw = fields::split_list(via_line).next().ok_or(Defect::BadHeader(H::Via, fields::FieldError::Via))?;
-        let via = Via::parse(via_raw).map_err(|e| Defect::BadHeader(H::Via, e))?;
+        need(H::Via)?;
+        let via = self.top_via.ok_or(Defect::BadHeader(H::Via, fields::FieldError::Via))?;
         let parse_na = |h: HeaderName| -> Result<NameAddr<'a>, Defect> {
             let v = need(h)?;
             let na = NameAddr::parse(v).map_err(|e| Defect::BadHeader(h, e))?;

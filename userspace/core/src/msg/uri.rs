@@ -43,26 +43,27 @@ pub struct Uri<'a> {
     pub headers: &'a [u8],
 }
 
-#[inline]
-fn is_unreserved(c: u8) -> bool {
-    c.is_ascii_alphanumeric() || matches!(c, b'-' | b'_' | b'.' | b'!' | b'~' | b'*' | b'\'' | b'(' | b')')
-}
+use super::fields::unreserved_plus;
 
-/// Validates `%HH` escapes and that every other byte is allowed by `ok`.
-fn check_escaped(s: &[u8], ok: impl Fn(u8) -> bool) -> Result<(), UriError> {
+/// RFC 3261 §25.1 character classes of the URI components (`%` is handled separately).
+static USER: [bool; 256] = unreserved_plus(b"&=+$,;?/");
+static PASSWORD: [bool; 256] = unreserved_plus(b"&=+$,");
+static PARAMS: [bool; 256] = unreserved_plus(b"[]/:&+$;=");
+static HEADERS: [bool; 256] = unreserved_plus(b"[]/?:+$&=");
+static HOST: [bool; 256] = unreserved_plus(b"");
+
+/// Validates `%HH` escapes and that every other byte is in `class`.
+fn check_escaped(s: &[u8], class: &[bool; 256]) -> Result<(), UriError> {
     let mut i = 0;
     while i < s.len() {
         let c = s[i];
-        if c == b'%' {
-            if i + 2 >= s.len() {
-                return Err(UriError::BadEscape);
-            }
-            if !(s[i + 1].is_ascii_hexdigit() && s[i + 2].is_ascii_hexdigit()) {
+        if class[c as usize] {
+            i += 1;
+        } else if c == b'%' {
+            if i + 2 >= s.len() || !(s[i + 1].is_ascii_hexdigit() && s[i + 2].is_ascii_hexdigit()) {
                 return Err(UriError::BadEscape);
             }
             i += 3;
-        } else if is_unreserved(c) || ok(c) {
-            i += 1;
         } else {
             return Err(UriError::BadUser);
         }
@@ -86,7 +87,8 @@ fn valid_host(h: &[u8]) -> bool {
     // hostname / IPv4address: alphanumerics, '-', '.'; RFC 3261 §25.1 also forbids a
     // leading '-' per label, which we tolerate (real devices send odd names; being strict
     // here rejects phones, not attacks).
-    h.iter().all(|&c| c.is_ascii_alphanumeric() || c == b'-' || c == b'.')
+    // (HOST admits a few more unreserved marks; `_` appears in real host names.)
+    h.iter().all(|&c| HOST[c as usize] && c != b'(' && c != b')' && c != b'\'' && c != b'*' && c != b'!' && c != b'~')
 }
 
 impl<'a> Uri<'a> {
@@ -112,11 +114,12 @@ impl<'a> Uri<'a> {
             Scheme::Other
         };
         let rest = &raw[colon + 1..];
-        if rest.iter().any(|&c| c <= b' ' || c == 0x7f || c == b'<' || c == b'>' || c == b'"') {
-            // No URI of any scheme contains raw whitespace, controls, angle brackets or quotes.
-            return Err(UriError::BadParams);
-        }
         if !matches!(scheme, Scheme::Sip | Scheme::Sips) {
+            // No URI of any scheme contains raw whitespace, controls, angle brackets or
+            // quotes. (SIP URIs are checked component by component below.)
+            if rest.iter().any(|&c| c <= b' ' || c == 0x7f || c == b'<' || c == b'>' || c == b'"') {
+                return Err(UriError::BadParams);
+            }
             if rest.is_empty() {
                 return Err(UriError::BadScheme);
             }
@@ -134,9 +137,9 @@ impl<'a> Uri<'a> {
                 if u.is_empty() {
                     return Err(UriError::BadUser);
                 }
-                check_escaped(u, |c| matches!(c, b'&' | b'=' | b'+' | b'$' | b',' | b';' | b'?' | b'/'))?;
+                check_escaped(u, &USER)?;
                 if let Some(p) = p {
-                    check_escaped(p, |c| matches!(c, b'&' | b'=' | b'+' | b'$' | b','))?;
+                    check_escaped(p, &PASSWORD)?;
                 }
                 (Some(u), p, &rest[at + 1..])
             }
@@ -160,10 +163,8 @@ impl<'a> Uri<'a> {
                 }
             }
         };
-        check_escaped(params, |c| matches!(c, b'[' | b']' | b'/' | b':' | b'&' | b'+' | b'$' | b';' | b'='))
-            .map_err(|_| UriError::BadParams)?;
-        check_escaped(headers, |c| matches!(c, b'[' | b']' | b'/' | b'?' | b':' | b'+' | b'$' | b'&' | b'='))
-            .map_err(|_| UriError::BadParams)?;
+        check_escaped(params, &PARAMS).map_err(|_| UriError::BadParams)?;
+        check_escaped(headers, &HEADERS).map_err(|_| UriError::BadParams)?;
         Ok(Uri { raw, scheme, user, password, host, port, params, headers })
     }
 

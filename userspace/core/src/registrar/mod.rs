@@ -636,6 +636,20 @@ impl Registrar {
         }
     }
 
+    /// Pre-sizes every shard for about `aors` more AORs (e.g. before a bulk restore), so the
+    /// tables grow once instead of rehashing repeatedly.
+    pub fn reserve(&self, aors: usize) {
+        let per = aors / self.shards.len() + aors / self.shards.len() / 16 + 16;
+        for s in self.shards.iter() {
+            let mut shard = s.0.lock();
+            let Shard {
+                table, slab, free, ..
+            } = &mut *shard;
+            table.reserve(per, |&i| self.hasher.hash_one(slab[i as usize].aor()));
+            slab.reserve(per.saturating_sub(free.len()));
+        }
+    }
+
     /// Removes every binding of `aor` unconditionally (administrative); returns how many.
     pub fn remove_aor(&self, aor: &str) -> usize {
         let hash = self.hash(aor);

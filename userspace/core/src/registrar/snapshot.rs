@@ -29,6 +29,8 @@ const MAGIC: &[u8; 8] = b"TSTLREG\0";
 const VERSION: u32 = 1;
 const HEADER: usize = 16;
 const TRAILER: usize = 2 + 8 + 8 + 4;
+/// Upper bound for pre-sizing from a (checksummed, but still untrusted) trailer count.
+const MAX_RESERVE: u64 = 50_000_000;
 const FIXED: usize = 8 + 8 + 16 + 4 + 4 + 2 + 2 + 2 + 1 + 1 + 5 * 2;
 
 /// Why a snapshot was refused. Nothing was restored in any of these cases.
@@ -198,7 +200,9 @@ impl Registrar {
         }
         let max_at = now.plus_secs(self.cfg.max_expires as u64).0;
         // Pass 1: structure only. Pass 2: insert.
-        parse(body, now.0, max_at, |_| Ok(()))?;
+        let (aors, _) = parse(body, now.0, max_at, |_| Ok(()))?;
+        // One allocation per shard table and slab instead of repeated growth (and rehashing).
+        self.reserve(aors.min(MAX_RESERVE) as usize);
         let mut restored = 0;
         parse(body, now.0, max_at, |rec| {
             restored += self
@@ -244,13 +248,14 @@ impl<'a> Rd<'a> {
 }
 
 /// Walks the records of `body` (header included, checksum excluded), handing each AOR's
-/// still-alive bindings to `f` as a built record. Checks the trailer counts.
+/// still-alive bindings to `f` as a built record. Checks the trailer counts and returns
+/// them (AORs, bindings; expired ones included).
 fn parse(
     body: &[u8],
     now: u64,
     max_at: u64,
     mut f: impl FnMut(AorRecord) -> Result<(), SnapshotError>,
-) -> Result<(), SnapshotError> {
+) -> Result<(u64, u64), SnapshotError> {
     use SnapshotError::Corrupt;
     let mut r = Rd {
         d: body,
@@ -331,7 +336,7 @@ fn parse(
     if (want_aors, want_bindings) != (aors, bindings) {
         return Err(Corrupt("record counts do not match the trailer"));
     }
-    Ok(())
+    Ok((aors, bindings))
 }
 
 #[cfg(test)]
