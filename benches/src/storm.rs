@@ -230,6 +230,7 @@ pub fn run(cfg: &StormConfig) -> std::io::Result<StormReport> {
     let done = AtomicBool::new(false);
     let results = std::thread::scope(|s| {
         let mut handles = Vec::new();
+        #[allow(clippy::needless_range_loop)]
         for t in 0..threads {
             let lo = cfg.users.start + (n_users as u64 * t as u64 / threads as u64) as u32;
             let hi = cfg.users.start + (n_users as u64 * (t as u64 + 1) / threads as u64) as u32;
@@ -614,6 +615,7 @@ impl<'a> Worker<'a> {
                     std::ptr::null(),
                 )
             };
+            #[allow(clippy::needless_range_loop)]
             for si in 0..self.socks.len() {
                 if nready <= 0 || pfds[si].revents & libc::POLLIN == 0 {
                     continue;
@@ -802,7 +804,10 @@ impl<'a> Worker<'a> {
         let n = self.first_user + u as u32;
         let name = sip::user_name(n);
         let local = self.local[op.sock as usize];
-        let branch = format!("z9hG4bK{:x}.{:x}.{:x}.{:x}", self.run_id, n, user.gen, user.cseq);
+        let branch = format!(
+            "z9hG4bK{:x}.{:x}.{:x}.{:x}",
+            self.run_id, n, user.gen, user.cseq
+        );
         let tag = format!("{:x}.{:x}", n, user.gen);
         let call_id = format!("{:x}-{:x}-{:x}@storm", n, user.gen, self.run_id);
         let expires = if op.kind == OpKind::Unregister {

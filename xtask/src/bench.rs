@@ -4,10 +4,12 @@
 //! For every scenario the systems are run *alternately* (T, K, T, K …) so that drift on the
 //! shared 2-core machine (other builds, thermal) hits both alike; each run gets a fresh
 //! server process. Per run:
-//!   1. peak      closed loop with a window of outstanding operations
-//!   2. sustain   open loop at 90 % of peak; if ≥ 0.1 % fail (error, timeout or backlog),
-//!                retry at 85 % of the previous rate (bounded attempts)
-//!   3. latency   open loop at 50 % of peak: the p50…max reported
+//!
+//! 1. peak: closed loop with a window of outstanding operations
+//! 2. sustain: open loop at 90 % of peak; if ≥ 0.1 % fail (error, timeout or backlog),
+//!    retry at 85 % of the previous rate (bounded attempts)
+//! 3. latency: open loop at 50 % of peak: the p50…max reported
+//!
 //! Server CPU seconds (utime+stime over the whole process tree, /proc) are sampled around
 //! each phase; memory is the peak of the tree's summed PSS (sampled) and the main process's
 //! VmHWM. The "million" scenario registers N users once and reports time and memory.
