@@ -5,16 +5,23 @@
 //! up), then the workers. Shutdown reverses it: control plane returns on a signal, workers are
 //! stopped and joined, and only then is the final snapshot written, so it holds every update.
 
+use crate::config::XdpMode;
 use crate::config::{Config, DataplaneMode};
 use crate::control::{self, ControlState};
 use crate::persist;
 use crate::socket;
 use crate::worker::{self, now_millis, DataplaneStats, WorkerSetup};
+use crate::xdp::xsk::{self, XskConfig, XskQueue};
+use crate::xdp::{
+    AttachMode, GroupPrefix, GroupSpec, RedirectFallback, UnclassifiedPolicy, XdpDataplane,
+    XdpParams, MAX_CLASSES, MAX_GROUPS,
+};
 use anyhow::Context;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Instant;
 use turnstile_core::engine::Shared;
+use turnstile_core::group::Unclassified;
 
 /// Beyond this many classes (groups + unclassified), no per-class sockets: the fd count
 /// (classes × workers × listen addresses) would get silly.
@@ -32,15 +39,77 @@ pub fn worker_count(configured: usize) -> usize {
         .unwrap_or(1)
 }
 
-/// Starts the XDP data plane. Single entry point to wire the loader in `crate::xdp` into.
-// TODO(xdp): call the loader in `crate::xdp` (attach to `config.dataplane.interface` in
-// `config.dataplane.xdp_mode`, fill the LPM tries from `shared.config.groups`, open the AF_XDP
-// sockets per queue and class) and feed each worker's class rings into the same
-// `fair::FairQueues` the socket workers use.
-fn start_xdp(_config: &Config, _shared: &Arc<Shared>) -> anyhow::Result<()> {
-    anyhow::bail!(
-        "xdp data plane not available in this build yet; use [dataplane] mode = \"socket\""
-    )
+/// Starts the XDP data plane: loads the program with the IP Group prefixes (LPM tries),
+/// opens one AF_XDP queue (shared UMEM, one socket per class) per NIC rx queue, registers
+/// them in the XSKMAP and attaches to `[dataplane] interface`. Returns the loaded program
+/// (dropping it detaches) and the queues, dealt round-robin to `workers` workers, which drain
+/// them through the same fair queues as their kernel sockets.
+///
+/// Groups map to classes in config order; groups beyond `MAX_CLASSES` share the last class
+/// (their fair-queue scheduling in userspace stays per group). Unclassified sources are
+/// dropped at the NIC with `unclassified = "drop"`; with `"reject"` they are passed to the
+/// kernel, where the listen sockets receive them and the engine answers 403.
+fn start_xdp(
+    config: &Config,
+    workers: usize,
+) -> anyhow::Result<(XdpDataplane, Vec<Vec<XskQueue>>)> {
+    let iface = config
+        .dataplane
+        .interface
+        .as_deref()
+        .context("[dataplane] interface is required for mode = \"xdp\"")?;
+    let n = config.groups.len().clamp(1, MAX_CLASSES as usize);
+    let mut prefixes = Vec::new();
+    for (i, g) in config.groups.iter().enumerate() {
+        if i as u32 >= MAX_GROUPS {
+            anyhow::bail!("xdp mode supports at most {MAX_GROUPS} ip_groups");
+        }
+        for net in &g.group.sources {
+            prefixes.push(GroupPrefix {
+                prefix: *net,
+                group: GroupSpec {
+                    group_id: i as u16,
+                    class: i.min(n - 1) as u8,
+                    ..Default::default()
+                },
+            });
+        }
+    }
+    let mut ports: Vec<u16> = config.listen.iter().map(|a| a.port()).collect();
+    ports.sort_unstable();
+    ports.dedup();
+    let params = XdpParams {
+        sip_ports: ports,
+        unclassified: match config.unclassified {
+            Unclassified::Drop => UnclassifiedPolicy::Drop,
+            Unclassified::Reject => UnclassifiedPolicy::Pass,
+        },
+        redirect_fallback: RedirectFallback::Pass,
+        write_metadata: true,
+    };
+    let mut dp = XdpDataplane::open(&params, &prefixes).context("cannot load the XDP program")?;
+    let queues =
+        xsk::rx_queue_count(iface).with_context(|| format!("cannot read rx queues of {iface}"))?;
+    let cfg = XskConfig {
+        classes: n as u8,
+        ..Default::default()
+    };
+    let mut per_worker: Vec<Vec<XskQueue>> = (0..workers).map(|_| Vec::new()).collect();
+    for q in 0..queues {
+        let xq = XskQueue::open(iface, q, &cfg)
+            .with_context(|| format!("cannot open AF_XDP sockets on {iface} queue {q}"))?;
+        xq.register(&mut dp)
+            .context("cannot register AF_XDP sockets")?;
+        per_worker[q as usize % workers].push(xq);
+    }
+    let mode = match config.dataplane.xdp_mode {
+        XdpMode::Driver => AttachMode::Driver,
+        XdpMode::Skb => AttachMode::Skb,
+    };
+    dp.attach(iface, mode)
+        .with_context(|| format!("cannot attach XDP to {iface}"))?;
+    tracing::info!(interface = iface, rx_queues = queues, classes = n, mode = ?mode, "xdp data plane attached");
+    Ok((dp, per_worker))
 }
 
 pub fn run(config: Config) -> anyhow::Result<()> {
@@ -62,10 +131,6 @@ pub fn run(config: Config) -> anyhow::Result<()> {
         .unwrap_or_default();
     let user_count = users.len();
     let shared = Arc::new(Shared::new(config.engine_config(), users, secret));
-
-    if config.dataplane.mode == DataplaneMode::Xdp {
-        start_xdp(&config, &shared)?;
-    }
 
     control::ensure_not_running(&config.control_socket())?;
     let workers = worker_count(config.workers);
@@ -96,6 +161,15 @@ pub fn run(config: Config) -> anyhow::Result<()> {
         v
     };
     let steered = sockets[0].iter().any(|s| s.class.is_some());
+    let xdp_mode = config.dataplane.mode == DataplaneMode::Xdp;
+    // Kept until the workers are gone: dropping it detaches the program.
+    let (xdp, mut xsks) = if xdp_mode {
+        let (dp, q) = start_xdp(&config, workers)?;
+        (Some(dp), q)
+    } else {
+        (None, (0..workers).map(|_| Vec::new()).collect())
+    };
+    let mode = if xdp_mode { "xdp" } else { "socket" };
 
     let snap = config.snapshot_path();
     match persist::restore(&shared, &snap, now_millis()) {
@@ -107,14 +181,6 @@ pub fn run(config: Config) -> anyhow::Result<()> {
             return Err(e).with_context(|| format!("cannot read snapshot {}", snap.display()))
         }
     }
-
-    // Fair-queue classes: the groups in config order, then unclassified traffic (weight 1).
-    let mut classes: Vec<(u32, usize)> = config
-        .groups
-        .iter()
-        .map(|g| (g.group.weight, g.queue_depth))
-        .collect();
-    classes.push((1, config.dataplane.queue_depth));
 
     let stop = Arc::new(AtomicBool::new(false));
     let cores = core_affinity::get_core_ids().unwrap_or_default();
@@ -135,6 +201,7 @@ pub fn run(config: Config) -> anyhow::Result<()> {
             seed: seed_base
                 .wrapping_add(index as u64)
                 .wrapping_mul(0x9E37_79B9_7F4A_7C15),
+            xsks: std::mem::take(&mut xsks[index]),
         };
         let (h, es) = worker::spawn(setup).context("cannot start worker thread")?;
         handles.push(h);
@@ -147,7 +214,7 @@ pub fn run(config: Config) -> anyhow::Result<()> {
         shared: shared.clone(),
         engine_stats,
         dataplane_stats,
-        mode: "socket",
+        mode,
         started: Instant::now(),
     });
     let (ready_tx, ready_rx) = std::sync::mpsc::sync_channel(1);
@@ -182,7 +249,7 @@ pub fn run(config: Config) -> anyhow::Result<()> {
     tracing::info!(
         listen = ?bound,
         workers,
-        mode = "socket",
+        mode,
         kernel_steering = steered,
         groups = %groups.join(","),
         domain = %config.domain,
@@ -203,6 +270,8 @@ pub fn run(config: Config) -> anyhow::Result<()> {
             worker_panics += 1;
         }
     }
+    // Detach XDP only now: until the workers stopped, redirected traffic had a reader.
+    drop(xdp);
     let t = Instant::now();
     let st = persist::save(&shared, &snap, now_millis())
         .with_context(|| format!("cannot write final snapshot {}", snap.display()))?;

@@ -14,6 +14,7 @@
 
 use crate::fair::FairQueues;
 use crate::socket::{self, BoundSocket, RecvBatch, SendBatch};
+use crate::xdp::xsk::{RxPacket, XskQueue};
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
@@ -49,6 +50,9 @@ pub struct DataplaneStats {
     /// about once a second), and of its unsteered sockets.
     pub kernel_drops: Vec<AtomicU64>,
     pub kernel_drops_unsteered: AtomicU64,
+    /// XDP mode: datagrams received from AF_XDP rings / replies sent in their own frame.
+    pub xsk_rx: AtomicU64,
+    pub xsk_tx: AtomicU64,
 }
 
 impl DataplaneStats {
@@ -63,6 +67,8 @@ impl DataplaneStats {
             queued: AtomicU64::new(0),
             kernel_drops: (0..classes).map(|_| AtomicU64::new(0)).collect(),
             kernel_drops_unsteered: AtomicU64::new(0),
+            xsk_rx: AtomicU64::new(0),
+            xsk_tx: AtomicU64::new(0),
         }
     }
 }
@@ -96,6 +102,16 @@ pub struct WorkerSetup {
     pub stop: Arc<AtomicBool>,
     pub stats: Arc<DataplaneStats>,
     pub seed: u64,
+    /// XDP mode: the AF_XDP queues (one UMEM per NIC rx queue, one socket per class) this
+    /// worker drives. Empty in socket mode.
+    pub xsks: Vec<XskQueue>,
+}
+
+/// A queued datagram: copied out of a kernel socket, or still in its AF_XDP frame (so the
+/// reply can reuse the frame without a copy or a syscall).
+enum Item {
+    Socket(Datagram),
+    Xsk { queue: u16, packet: RxPacket },
 }
 
 struct Datagram {
@@ -153,11 +169,14 @@ fn run(setup: WorkerSetup, mut engine: Engine) {
         classes,
         stop,
         stats,
+        mut xsks,
         ..
     } = setup;
+    let mut xsk_rx: Vec<RxPacket> = Vec::with_capacity(socket::BATCH);
+    let mut poll_fds: Vec<i32> = Vec::new();
     let groups = shared.config.groups.groups().len();
     let unclassified = classes.len() - 1;
-    let mut fair: FairQueues<Datagram> = FairQueues::new(classes.iter().copied());
+    let mut fair: FairQueues<Item> = FairQueues::new(classes.iter().copied());
     let fds: Vec<_> = sockets.iter().map(|s| socket::fd(&s.socket)).collect();
     let locals: Vec<SocketAddr> = sockets
         .iter()
@@ -170,7 +189,11 @@ fn run(setup: WorkerSetup, mut engine: Engine) {
     let mut pool: Vec<Vec<u8>> = Vec::new();
     let mut pending: Vec<Vec<Transmit>> = sockets.iter().map(|_| Vec::new()).collect();
     let mut drops = vec![0u64; classes.len()];
-    tracing::debug!(worker = index, sockets = ?locals, "worker running");
+    poll_fds.extend(&fds);
+    for q in &xsks {
+        poll_fds.extend((0..q.classes()).map(|c| q.fd(c)));
+    }
+    tracing::debug!(worker = index, sockets = ?locals, xsk_queues = xsks.len(), "worker running");
 
     while !stop.load(Ordering::Relaxed) {
         // 1. receive + classify + enqueue
@@ -204,16 +227,16 @@ fn run(setup: WorkerSetup, mut engine: Engine) {
                     let mut buf = pool.pop().unwrap_or_default();
                     buf.clear();
                     buf.extend_from_slice(data);
-                    if let Err(d) = fair.push(
+                    if let Err(Item::Socket(d)) = fair.push(
                         class,
-                        Datagram {
+                        Item::Socket(Datagram {
                             src,
                             local: match local_ip {
                                 Some(ip) => SocketAddr::new(ip, locals[si].port()),
                                 None => locals[si],
                             },
                             data: buf,
-                        },
+                        }),
                     ) {
                         drops[class] += 1;
                         pool.push(d.data);
@@ -222,6 +245,39 @@ fn run(setup: WorkerSetup, mut engine: Engine) {
                 got += n;
                 if n < socket::BATCH {
                     break;
+                }
+            }
+        }
+        // 1b. AF_XDP: the XDP program already classified (metadata); frames stay in the UMEM.
+        for (qi, q) in xsks.iter_mut().enumerate() {
+            for c in 0..q.classes() {
+                xsk_rx.clear();
+                q.recv_batch(c, socket::BATCH as u32, &mut xsk_rx);
+                got += xsk_rx.len();
+                bump(&stats.xsk_rx, xsk_rx.len() as u64);
+                for p in xsk_rx.drain(..) {
+                    let Some(src) = p.src() else {
+                        truncated += 1;
+                        q.release(p);
+                        continue;
+                    };
+                    let class = match p
+                        .group_id()
+                        .or_else(|| shared.config.groups.classify(src.ip()))
+                    {
+                        Some(g) if (g as usize) < groups => g as usize,
+                        _ => unclassified,
+                    };
+                    if let Err(Item::Xsk { packet, .. }) = fair.push(
+                        class,
+                        Item::Xsk {
+                            queue: qi as u16,
+                            packet: p,
+                        },
+                    ) {
+                        drops[class] += 1;
+                        q.release(packet);
+                    }
                 }
             }
         }
@@ -237,13 +293,51 @@ fn run(setup: WorkerSetup, mut engine: Engine) {
         // 2. fair processing
         let now = now_millis();
         if !fair.is_empty() {
-            fair.drain(DRAIN, |class, d| {
+            fair.drain(DRAIN, |class, item| {
                 let group = (class < groups).then_some(class as GroupId);
-                engine.handle_classified(now, d.src, d.local, group, &d.data);
-                if pool.len() < POOL_MAX {
-                    pool.push(d.data);
+                match item {
+                    Item::Socket(d) => {
+                        engine.handle_classified(now, d.src, d.local, group, &d.data);
+                        if pool.len() < POOL_MAX {
+                            pool.push(d.data);
+                        }
+                    }
+                    Item::Xsk { queue, packet } => {
+                        let q = &mut xsks[queue as usize];
+                        let (Some(src), Some(local)) = (packet.src(), packet.dst()) else {
+                            q.release(packet);
+                            return;
+                        };
+                        engine.handle_classified(now, src, local, group, q.payload(&packet));
+                        // The answer to the sender goes back in the request's own frame on
+                        // the XSK TX ring; anything else (other destinations, more than one
+                        // datagram) leaves through the kernel sockets.
+                        let mut frame = Some(packet);
+                        while let Some(t) = engine.poll_transmit() {
+                            if t.dst == src {
+                                if let Some(p) = frame.take() {
+                                    match q.reply(p, &t.payload) {
+                                        Ok(()) => {
+                                            bump(&stats.tx_datagrams, 1);
+                                            bump(&stats.xsk_tx, 1);
+                                        }
+                                        Err(_) => bump(&stats.tx_errors, 1),
+                                    }
+                                    continue;
+                                }
+                            }
+                            let si = pick_socket(&locals, &t);
+                            pending[si].push(t);
+                        }
+                        if let Some(p) = frame {
+                            q.release(p);
+                        }
+                    }
                 }
             });
+            for q in xsks.iter_mut() {
+                q.flush();
+            }
             stats.queued.store(fair.len() as u64, Ordering::Relaxed);
         }
 
@@ -251,13 +345,11 @@ fn run(setup: WorkerSetup, mut engine: Engine) {
         if engine.poll_timeout().is_some_and(|t| t <= now) {
             engine.handle_timeout(now);
         }
-        let mut any = false;
         while let Some(t) = engine.poll_transmit() {
             let si = pick_socket(&locals, &t);
             pending[si].push(t);
-            any = true;
         }
-        if any {
+        if pending.iter().any(|p| !p.is_empty()) {
             for (si, out) in pending.iter_mut().enumerate() {
                 if out.is_empty() {
                     continue;
@@ -292,7 +384,11 @@ fn run(setup: WorkerSetup, mut engine: Engine) {
                 wait = wait.min(t.0.saturating_sub(now_millis().0));
             }
             if wait > 0 {
-                socket::poll_readable(&fds, wait as i32);
+                for q in xsks.iter_mut() {
+                    // Frames released or completed since the last flush go back to the rings.
+                    q.flush();
+                }
+                socket::poll_readable(&poll_fds, wait as i32);
             }
         }
     }
