@@ -319,7 +319,12 @@ impl Worker {
     /// Sends a final response and, for transaction-keyed requests, remembers it so a
     /// retransmission gets the same bytes.
     fn respond(&mut self, now: Millis, m: &Message<'_>, src: SocketAddr, local: SocketAddr, out: Vec<u8>) {
-        let Some(via) = m.top_via else { return };
+        let Some(via) = m.top_via else {
+            // Unparseable Via: the packet's source is the only return address we have
+            // (RFC 3261 §18.2.2 falls back to the source for unreliable transports).
+            self.send(src, local, out);
+            return;
+        };
         let dst = response_destination(&via, src);
         if let StartLine::Request { method_raw, .. } = m.start {
             if let Some(key) = self.txns.key(&via, method_raw) {

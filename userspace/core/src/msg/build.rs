@@ -144,9 +144,12 @@ pub fn local_tag(call_id: &[u8], from: &[u8], branch: &[u8]) -> u64 {
 /// (`req.top_via`); without one nothing is written and `false` returned. The caller appends
 /// its own headers and then calls [`finish`].
 pub fn response_head(out: &mut Vec<u8>, req: &Message<'_>, src: SocketAddr, code: u16, reason: &str) -> bool {
-    let Some(top_via) = req.top_via else {
+    if req.header(HeaderName::Via).is_none() {
         return false;
-    };
+    }
+    // A Via that does not parse is copied as received (the answer then goes to the packet's
+    // source, see `Worker::respond`), so even a request with a broken Via gets its 400.
+    let top_via = req.top_via;
     out.reserve(512);
     out.extend_from_slice(b"SIP/2.0 ");
     push_num(out, code);
@@ -156,9 +159,9 @@ pub fn response_head(out: &mut Vec<u8>, req: &Message<'_>, src: SocketAddr, code
     let mut first = true;
     for line in req.header_lines(HeaderName::Via) {
         out.extend_from_slice(b"Via: ");
-        if first {
+        if first && top_via.is_some() {
             first = false;
-            write_top_via(out, &top_via, src);
+            write_top_via(out, top_via.as_ref().expect("checked"), src);
             // The rest of the first Via line (further comma-separated values), if any.
             if memchr::memchr(b',', line).is_some() {
                 let mut items = super::fields::split_list(line);
@@ -188,7 +191,8 @@ pub fn response_head(out: &mut Vec<u8>, req: &Message<'_>, src: SocketAddr, code
             None => NameAddr::parse(to).map(|n| n.tag().is_some()).unwrap_or(true),
         };
         if !has_tag && code > 100 {
-            let tag = local_tag(call_id.unwrap_or(b""), from.unwrap_or(b""), top_via.branch.unwrap_or(b""));
+            let branch = top_via.and_then(|v| v.branch).unwrap_or(b"");
+            let tag = local_tag(call_id.unwrap_or(b""), from.unwrap_or(b""), branch);
             out.extend_from_slice(b";tag=");
             push_hex16(out, tag);
         }

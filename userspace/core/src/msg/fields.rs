@@ -214,9 +214,8 @@ impl<'a> Iterator for ParamIter<'a> {
                 Some(e) => (trim(&s[start..e]), Some(trim(&s[e + 1..j]))),
                 None => (trim(&s[start..j]), None),
             };
-            if name.is_empty() && value.is_none() {
-                continue;
-            }
+            // An empty parameter (`;;`) is yielded with an empty name: validators reject it
+            // (RFC 4475 §3.1.2.1 badinv01), lookups simply never match it.
             return Some((name, value));
         }
     }
@@ -289,7 +288,9 @@ impl<'a> Via<'a> {
             *part = trim(&r[..end]);
             rest = if i < 2 { &r[end + 1..] } else { &r[end..] };
         }
-        if !parts[0].eq_ignore_ascii_case(b"SIP") || parts[1] != b"2.0" || !is_token(parts[2]) {
+        // Any protocol version is kept (a SIP/7.0 request still gets its 505 routed back by
+        // this Via, RFC 4475 §3.1.2.16 badvers); the request line decides about versions.
+        if !parts[0].eq_ignore_ascii_case(b"SIP") || !is_token(parts[1]) || !is_token(parts[2]) {
             return Err(FieldError::Via);
         }
         let rest = trim(rest);
@@ -313,6 +314,9 @@ impl<'a> Via<'a> {
         };
         let mut it = params(params_s);
         for (n, v) in it.by_ref() {
+            if !is_token(n) {
+                return Err(FieldError::Via);
+            }
             if n.eq_ignore_ascii_case(b"branch") {
                 via.branch = v.filter(|v| !v.is_empty());
             } else if n.eq_ignore_ascii_case(b"rport") {
@@ -474,7 +478,7 @@ mod tests {
     #[test]
     fn params_with_lws_and_quotes() {
         let p: Vec<_> = params(br#" ; a = 1 ;b; c="x;y" ;"#).collect();
-        assert_eq!(p, vec![(&b"a"[..], Some(&b"1"[..])), (b"b", None), (b"c", Some(&br#""x;y""#[..]))]);
+        assert_eq!(p, vec![(&b"a"[..], Some(&b"1"[..])), (b"b", None), (b"c", Some(&br#""x;y""#[..])), (b"", None)]);
         let mut bad = params(b"junk");
         assert!(bad.next().is_none() && bad.error);
         assert_eq!(unquote(br#""abc""#), b"abc");
@@ -493,7 +497,8 @@ mod tests {
         let v6 = Via::parse(b"SIP/2.0/TCP [2001:db8::9]:5070;rport=5071").unwrap();
         assert_eq!(v6.host, b"[2001:db8::9]");
         assert_eq!(v6.rport, Some(Some(5071)));
-        for bad in [&b"SIP/2.0 UDP host"[..], b"SIP/3.0/UDP host", b"SIP/2.0/UDP", b"SIP/2.0/UDP host:99999", b"SIP/2.0/UDP host;rport=x"] {
+        assert!(Via::parse(b"SIP/7.0/UDP host;branch=z9hG4bKx").is_ok(), "version is the request line's business");
+        for bad in [&b"SIP/2.0 UDP host"[..], b"SIP/2.0/UDP", b"SIP/2.0/UDP host:99999", b"SIP/2.0/UDP host;rport=x", b"SIP/2.0/UDP 192.0.2.15;;", b"SIP/2.0/UDP h;branch=z9hG4bK1;"] {
             assert!(Via::parse(bad).is_err(), "{}", String::from_utf8_lossy(bad));
         }
     }
@@ -510,6 +515,7 @@ mod tests {
         assert_eq!(n.uri, b"sip:carol@x");
         assert_eq!(n.param("EXPIRES"), Some(Some(&b"60"[..])));
         assert!(n.params_ok());
+        assert!(!NameAddr::parse(br#""Joe" <sip:joe@example.org>;;;;"#).unwrap().params_ok());
         assert_eq!(NameAddr::parse(br#""Mr. J. User <sip:j.user@example.com>"#), Err(FieldError::UnbalancedQuote));
         assert_eq!(NameAddr::parse(b"Bell, Alexander <sip:a.g.bell@example.com>"), Err(FieldError::DisplayName));
         assert!(NameAddr::parse(b"\"Watson, Thomas\" < sip:t.watson@example.org >").is_err());
