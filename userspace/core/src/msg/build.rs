@@ -115,12 +115,14 @@ pub fn write_top_via(out: &mut Vec<u8>, via: &Via<'_>, src: SocketAddr) {
 /// with `rport` to the source address and port; else to `received` (or the source address)
 /// at the sent-by port, default 5060.
 pub fn response_destination(via: &Via<'_>, src: SocketAddr) -> SocketAddr {
-    if via.rport.is_some() {
-        return src;
+    match (via.rport, via.port) {
+        // rport, or a sent-by port of 0 (nothing listens there; found by fuzzing): answer
+        // the packet's source address and port.
+        (Some(_), _) | (None, Some(0)) => src,
+        // Without rport we still send to the packet's source address (what `received` would
+        // say), at the port the client advertised.
+        (None, port) => SocketAddr::new(src.ip(), port.unwrap_or(5060)),
     }
-    // Without rport we still send to the packet's source address (what `received` would
-    // say), at the port the client advertised.
-    SocketAddr::new(src.ip(), via.port.unwrap_or(5060))
 }
 
 /// A deterministic To tag for a request: a retransmission or a stateless re-answer gets the
@@ -279,5 +281,7 @@ From: <sip:a@y>;tag=1\r\nTo: <sip:x@y>;tag=2\r\nCall-ID: c\r\nCSeq: 1 OPTIONS\r\
         assert!(text.contains("Via: SIP/2.0/UDP 192.0.2.55:5070;branch=z9hG4bKa\r\n"), "{text}");
         assert!(text.contains("To: <sip:x@y>;tag=2\r\n"), "existing To tag kept: {text}");
         assert_eq!(response_destination(&via, src), "192.0.2.55:5070".parse().unwrap());
+        let port0 = Via::parse(b"SIP/2.0/UDP h:0;branch=z9hG4bK1").unwrap();
+        assert_eq!(response_destination(&port0, src), src, "never to port 0");
     }
 }

@@ -164,6 +164,18 @@ impl<'a> Uri<'a> {
             }
         };
         check_escaped(params, &PARAMS).map_err(|_| UriError::BadParams)?;
+        // RFC 3261 §19.1.1: a parameter name must not appear more than once (otherwise a URI
+        // need not even equal itself under §19.1.4; found by fuzzing).
+        if !params.is_empty() {
+            let mut seen: smallvec::SmallVec<[&[u8]; 8]> = smallvec::SmallVec::new();
+            for p in params.split(|&c| c == b';') {
+                let name = &p[..memchr::memchr(b'=', p).unwrap_or(p.len())];
+                if name.is_empty() || seen.iter().any(|n| n.eq_ignore_ascii_case(name)) {
+                    return Err(UriError::BadParams);
+                }
+                seen.push(name);
+            }
+        }
         check_escaped(headers, &HEADERS).map_err(|_| UriError::BadParams)?;
         Ok(Uri { raw, scheme, user, password, host, port, params, headers })
     }
@@ -444,7 +456,8 @@ mod tests {
         for bad in [
             "", "sip", ":x", "sip:", "sip:@host", "sip:user@", "sip:user@host:99999", "sip:user@host:5x",
             "sip:a b@host", "sip:user@ho st", "sip:<user@host>", "sip:user@[::1", "sip:user@[zz::1]",
-            "sip:us%zzer@host", "sip:user@host;p=%4", "1sip:x@y",
+            "sip:us%zzer@host", "sip:user@host;p=%4", "1sip:x@y", "sip:h;x=1;x=2", "sip:h;maddr=a;MADDR=b",
+            "sip:h;;lr",
         ] {
             assert!(Uri::parse(bad.as_bytes()).is_err(), "{bad} should fail");
         }
