@@ -12,6 +12,7 @@
 use crate::config::Config;
 use crate::persist;
 use crate::worker::{now_millis, DataplaneStats};
+use crate::xdp::{CounterSnapshot, Verdict, XdpDataplane};
 use serde_json::{json, Map, Value};
 use std::io::{BufRead, BufReader, Write};
 use std::path::{Path, PathBuf};
@@ -31,6 +32,8 @@ pub struct ControlState {
     pub dataplane_stats: Vec<Arc<DataplaneStats>>,
     pub mode: &'static str,
     pub started: Instant,
+    /// XDP mode: the loaded program (its per-CPU verdict counters are merged on read).
+    pub xdp: Option<parking_lot::Mutex<XdpDataplane>>,
 }
 
 fn sum(v: &[Arc<DataplaneStats>], f: impl Fn(&DataplaneStats) -> u64) -> u64 {
@@ -42,6 +45,17 @@ fn load(a: &std::sync::atomic::AtomicU64) -> u64 {
 }
 
 impl ControlState {
+    fn xdp_counters(&self) -> Option<CounterSnapshot> {
+        let dp = self.xdp.as_ref()?;
+        match dp.lock().read_counters() {
+            Ok(c) => Some(c),
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot read XDP counters");
+                None
+            }
+        }
+    }
+
     pub fn stats_json(&self) -> Value {
         let mut counters = Map::new();
         for &c in Counter::ALL {
@@ -52,8 +66,15 @@ impl ControlState {
         }
         let dp = &self.dataplane_stats;
         let queue_drops: u64 = dp.iter().flat_map(|s| s.queue_drops.iter()).map(load).sum();
+        let xdp = self.xdp_counters().map(|c| {
+            Verdict::ALL
+                .iter()
+                .map(|&v| (v.name().to_string(), json!(c.get(v))))
+                .collect::<Map<String, Value>>()
+        });
         json!({
             "uptime_s": self.started.elapsed().as_secs(),
+            "xdp": xdp,
             "mode": self.mode,
             "workers": dp.len(),
             "engine": counters,
@@ -77,6 +98,7 @@ impl ControlState {
     }
 
     pub fn groups_json(&self) -> Value {
+        let xdp = self.xdp_counters();
         let groups: Vec<Value> = self
             .config
             .groups
@@ -102,6 +124,13 @@ impl ControlState {
                         "queue_drops": drops,
                         "kernel_drops": kdrops,
                     },
+                    "xdp": xdp.as_ref().map(|c| json!({
+                        "redirect": c.group(id, Verdict::Redirect),
+                        "drop_rate": c.group(id, Verdict::DropRate),
+                        "drop_group": c.group(id, Verdict::DropGroup),
+                        "drop_denied": c.group(id, Verdict::DropDenied),
+                        "redirect_failed": c.group(id, Verdict::RedirectFailedPass) + c.group(id, Verdict::RedirectFailedDrop),
+                    })),
                 })
             })
             .collect();

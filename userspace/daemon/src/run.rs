@@ -162,7 +162,6 @@ pub fn run(config: Config) -> anyhow::Result<()> {
     };
     let steered = sockets[0].iter().any(|s| s.class.is_some());
     let xdp_mode = config.dataplane.mode == DataplaneMode::Xdp;
-    // Kept until the workers are gone: dropping it detaches the program.
     let (xdp, mut xsks) = if xdp_mode {
         let (dp, q) = start_xdp(&config, workers)?;
         (Some(dp), q)
@@ -216,7 +215,10 @@ pub fn run(config: Config) -> anyhow::Result<()> {
         dataplane_stats,
         mode,
         started: Instant::now(),
+        xdp: xdp.map(parking_lot::Mutex::new),
     });
+    // Kept until the workers are gone: dropping the XDP program detaches it.
+    let state_keep = state.clone();
     let (ready_tx, ready_rx) = std::sync::mpsc::sync_channel(1);
     let control_stop = stop.clone();
     let control = std::thread::Builder::new()
@@ -271,7 +273,7 @@ pub fn run(config: Config) -> anyhow::Result<()> {
         }
     }
     // Detach XDP only now: until the workers stopped, redirected traffic had a reader.
-    drop(xdp);
+    drop(state_keep);
     let t = Instant::now();
     let st = persist::save(&shared, &snap, now_millis())
         .with_context(|| format!("cannot write final snapshot {}", snap.display()))?;

@@ -219,6 +219,16 @@ auth = "none"
         ])
         .output()
         .unwrap();
+    let groups = Command::new(BIN)
+        .args([
+            "show",
+            "groups",
+            "--json",
+            "--socket",
+            sock.to_str().unwrap(),
+        ])
+        .output()
+        .unwrap();
     let regs = Command::new(BIN)
         .args([
             "show",
@@ -254,6 +264,15 @@ auth = "none"
     assert!(
         stats["dataplane"]["xsk_tx"].as_u64().unwrap() >= 1,
         "reply did not leave through AF_XDP: {stats}"
+    );
+    assert!(
+        stats["xdp"]["redirect"].as_u64().unwrap() >= 1,
+        "XDP verdict counters: {stats}"
+    );
+    let groups: serde_json::Value = serde_json::from_slice(&groups.stdout).unwrap();
+    assert!(
+        groups["groups"][0]["xdp"]["redirect"].as_u64().unwrap() >= 1,
+        "{groups}"
     );
     let regs: serde_json::Value = serde_json::from_slice(&regs.stdout).unwrap();
     assert_eq!(
