@@ -24,6 +24,8 @@ use parking_lot::Mutex;
 use smallvec::SmallVec;
 use std::collections::BTreeSet;
 use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::OnceLock;
 
 use crate::time::Millis;
 use store::{AorRecord, Binding, PathSrc, Strs, MAX_SLOTS, PATH_SEP, Q_NONE};
@@ -382,10 +384,47 @@ struct Shard {
     bindings: usize,
 }
 
+/// What shard operations need besides the shard: the AOR hasher and the per-IP-Group
+/// binding counters (relaxed atomics, updated under the shard lock, read without it).
+struct Ctx {
+    hasher: RandomState,
+    /// Two-level (by high byte) so that only pages of group ids in use are allocated.
+    groups: [OnceLock<Box<[AtomicU32; 256]>>; 256],
+}
+
+/// IP Groups of a record's bindings, to update the per-group counters by difference.
+type Groups = SmallVec<[u16; 4]>;
+
+impl Ctx {
+    fn groups(rec: &AorRecord) -> Groups {
+        rec.bindings.iter().map(|b| b.group).collect()
+    }
+
+    /// Counters follow a change of a record from `before` to `after` (no-op when equal,
+    /// the common refresh, so workers do not bounce the counter cache lines).
+    fn account(&self, before: &[u16], after: &[u16]) {
+        if before == after {
+            return;
+        }
+        for &g in before {
+            self.counter(g).fetch_sub(1, Ordering::Relaxed);
+        }
+        for &g in after {
+            self.counter(g).fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
+    fn counter(&self, g: u16) -> &AtomicU32 {
+        let page = self.groups[(g >> 8) as usize]
+            .get_or_init(|| Box::new(std::array::from_fn(|_| AtomicU32::new(0))));
+        &page[(g & 0xff) as usize]
+    }
+}
+
 /// The location service: AOR → bindings, shared by all workers.
 pub struct Registrar {
     cfg: RegistrarConfig,
-    hasher: RandomState,
+    cx: Ctx,
     shards: Box<[Padded]>,
     mask: usize,
 }
@@ -404,7 +443,10 @@ impl Registrar {
         let n = shards.clamp(1, 4096).next_power_of_two();
         Registrar {
             cfg,
-            hasher: RandomState::new(),
+            cx: Ctx {
+                hasher: RandomState::new(),
+                groups: std::array::from_fn(|_| OnceLock::new()),
+            },
             shards: (0..n)
                 .map(|_| Padded(Mutex::new(Shard::default())))
                 .collect(),
@@ -417,7 +459,7 @@ impl Registrar {
     }
 
     fn hash(&self, aor: &str) -> u64 {
-        self.hasher.hash_one(aor)
+        self.cx.hasher.hash_one(aor)
     }
 
     fn shard(&self, hash: u64) -> &Mutex<Shard> {
@@ -471,7 +513,7 @@ impl Registrar {
         let grants = self.validate(req, jitter)?;
         let hash = self.hash(req.aor);
         let mut shard = self.shard(hash).lock();
-        shard.register(hash, now, req, &grants, &self.cfg, out, &self.hasher)
+        shard.register(hash, now, req, &grants, &self.cfg, out, &self.cx)
     }
 
     /// Everything that does not depend on stored state: syntax-level rules, then 423.
@@ -578,7 +620,7 @@ impl Registrar {
         for s in self.shards.iter() {
             loop {
                 let mut shard = s.0.lock();
-                let (n, more) = shard.expire(now.0, EXPIRE_BATCH, &self.hasher);
+                let (n, more) = shard.expire(now.0, EXPIRE_BATCH, &self.cx);
                 total += n;
                 if !more {
                     break;
@@ -622,6 +664,14 @@ impl Registrar {
         self.shards.iter().map(|s| s.0.lock().bindings).sum()
     }
 
+    /// Stored bindings whose last REGISTER came from IP Group `group` (expired but not yet
+    /// purged included). O(1) and lock-free, for CAC's registered-user limit and stats.
+    pub fn group_binding_count(&self, group: u16) -> u32 {
+        self.cx.groups[(group >> 8) as usize]
+            .get()
+            .map_or(0, |p| p[(group & 0xff) as usize].load(Ordering::Relaxed))
+    }
+
     /// Visits every binding alive at `now`, one shard at a time (each shard under its lock, so
     /// each AOR is seen consistently). For `show registrations`.
     pub fn for_each_binding(&self, now: Millis, mut f: impl FnMut(&BindingRef<'_>)) {
@@ -645,7 +695,7 @@ impl Registrar {
             let Shard {
                 table, slab, free, ..
             } = &mut *shard;
-            table.reserve(per, |&i| self.hasher.hash_one(slab[i as usize].aor()));
+            table.reserve(per, |&i| self.cx.hasher.hash_one(slab[i as usize].aor()));
             slab.reserve(per.saturating_sub(free.len()));
         }
     }
@@ -658,7 +708,7 @@ impl Registrar {
             return 0;
         };
         let n = shard.slab[slot as usize].bindings.len();
-        shard.replace(hash, slot, AorRecord::default());
+        shard.replace(hash, slot, AorRecord::default(), &self.cx);
         n
     }
 
@@ -669,9 +719,9 @@ impl Registrar {
         let n = rec.bindings.len();
         let aor = rec.aor();
         match shard.find(hash, aor) {
-            Some(&slot) => shard.replace(hash, slot, rec),
+            Some(&slot) => shard.replace(hash, slot, rec, &self.cx),
             None => {
-                shard.insert_new(hash, rec, &self.hasher)?;
+                shard.insert_new(hash, rec, &self.cx)?;
             }
         }
         Ok(n)
@@ -686,8 +736,9 @@ impl Shard {
 
     /// Puts `rec` at `slot` (keeping table, index and counters right); an empty `rec`
     /// removes the AOR.
-    fn replace(&mut self, hash: u64, slot: u32, rec: AorRecord) {
+    fn replace(&mut self, hash: u64, slot: u32, rec: AorRecord, cx: &Ctx) {
         let old = &mut self.slab[slot as usize];
+        cx.account(&Ctx::groups(old), &Ctx::groups(&rec));
         let old_key = old.index_key(slot);
         self.bindings -= old.bindings.len();
         self.bindings += rec.bindings.len();
@@ -710,12 +761,7 @@ impl Shard {
     }
 
     /// Stores a record for an AOR not in the table yet.
-    fn insert_new(
-        &mut self,
-        hash: u64,
-        rec: AorRecord,
-        hasher: &RandomState,
-    ) -> Result<u32, RegisterError> {
+    fn insert_new(&mut self, hash: u64, rec: AorRecord, cx: &Ctx) -> Result<u32, RegisterError> {
         let slot = match self.free.pop() {
             Some(s) => s,
             None if self.slab.len() < MAX_SLOTS => {
@@ -725,17 +771,18 @@ impl Shard {
             None => return Err(RegisterError::Full),
         };
         self.bindings += rec.bindings.len();
+        cx.account(&[], &Ctx::groups(&rec));
         if let Some(k) = rec.index_key(slot) {
             self.index.insert(k);
         }
         self.slab[slot as usize] = rec;
         let Shard { table, slab, .. } = self;
-        table.insert_unique(hash, slot, |&s| hasher.hash_one(slab[s as usize].aor()));
+        table.insert_unique(hash, slot, |&s| cx.hasher.hash_one(slab[s as usize].aor()));
         Ok(slot)
     }
 
     /// Pops due index entries (at most `budget`); returns (bindings removed, more due).
-    fn expire(&mut self, now: u64, budget: usize, hasher: &RandomState) -> (usize, bool) {
+    fn expire(&mut self, now: u64, budget: usize, cx: &Ctx) -> (usize, bool) {
         let mut removed = 0;
         for _ in 0..budget {
             let Some(&key) = self.index.first() else {
@@ -747,8 +794,10 @@ impl Shard {
             }
             self.index.pop_first();
             let rec = &mut self.slab[slot as usize];
-            let hash = hasher.hash_one(rec.aor());
+            let hash = cx.hasher.hash_one(rec.aor());
+            let before = Ctx::groups(rec);
             let n = rec.purge(now);
+            cx.account(&before, &Ctx::groups(rec));
             removed += n;
             self.bindings -= n;
             if let Some(k) = rec.index_key(slot) {
@@ -772,7 +821,7 @@ impl Shard {
         grants: &[u32],
         cfg: &RegistrarConfig,
         out: &mut Bindings,
-        hasher: &RandomState,
+        cx: &Ctx,
     ) -> Result<RegisterOk, RegisterError> {
         let found = self.find(hash, req.aor).copied();
         let Some(slot) = found else {
@@ -780,17 +829,19 @@ impl Shard {
             let mut rec = AorRecord::default();
             let res = update(&mut rec, now, req, grants, cfg, out);
             if res.is_ok() && !rec.bindings.is_empty() {
-                self.insert_new(hash, rec, hasher)?;
+                self.insert_new(hash, rec, cx)?;
             }
             return res;
         };
         let rec = &mut self.slab[slot as usize];
         let old_key = rec.index_key(slot);
         let before = rec.bindings.len();
+        let groups_before = Ctx::groups(rec);
         // Expired bindings no longer exist (§10.3): drop them first so they neither conflict
         // on Call-ID/CSeq nor count against max_contacts. Kept even if the update fails.
         rec.purge(now.0);
         let res = update(rec, now, req, grants, cfg, out);
+        cx.account(&groups_before, &Ctx::groups(rec));
         let after = rec.bindings.len();
         let new_key = rec.index_key(slot);
         self.bindings = self.bindings + after - before;
@@ -1568,6 +1619,46 @@ mod tests {
     }
 
     #[test]
+    fn group_counts_follow_every_change() {
+        let r = reg();
+        let g = |r: &Registrar| [1u16, 2, 300].map(|x| r.group_binding_count(x));
+        let cs = [c_exp("sip:a@h", 60), c_exp("sip:b@h", 120)];
+        ok(r.register(T0, &req("c", 1, &cs), 0));
+        assert_eq!(g(&r), [2, 0, 0]);
+        // Refresh of one binding from another group moves it.
+        let mut q = req("c", 2, &cs[1..]);
+        q.group = 300;
+        ok(r.register(T0, &q, 0));
+        assert_eq!(g(&r), [1, 0, 1]);
+        let mut q = req("c", 1, &[]);
+        let bob = [c("sip:bob@h")];
+        q.contacts = &bob;
+        q.aor = "sip:bob@example.test";
+        q.group = 2;
+        ok(r.register(T0, &q, 0));
+        assert_eq!(g(&r), [1, 1, 1]);
+        // Failed updates change nothing.
+        let mut q2 = req("c", 0, &cs[..1]);
+        q2.group = 2;
+        assert_eq!(r.register(T0, &q2, 0), RegisterOutcome::OutOfOrder);
+        assert_eq!(g(&r), [1, 1, 1]);
+        // Expiry, snapshot restore and administrative removal.
+        let snap = r.snapshot_to_vec(T0);
+        assert_eq!(r.expire(T0.plus_secs(60)), 1);
+        assert_eq!(g(&r), [0, 1, 1]);
+        assert_eq!(r.remove_aor("sip:bob@example.test"), 1);
+        assert_eq!(g(&r), [0, 0, 1]);
+        let r2 = reg();
+        assert_eq!(r2.restore_snapshot(&snap, T0), Ok(3));
+        assert_eq!(g(&r2), [1, 1, 1]);
+        // Restoring over existing AORs replaces (not double counts).
+        assert_eq!(r2.restore_snapshot(&snap, T0.plus_secs(60)), Ok(2));
+        assert_eq!(g(&r2), [0, 1, 1]);
+        assert_eq!(r2.expire(T0.plus_secs(100_000)), 2);
+        assert_eq!(g(&r2), [0, 0, 0]);
+    }
+
+    #[test]
     fn for_each_and_remove_aor() {
         let r = reg();
         for i in 0..50 {
@@ -1613,7 +1704,7 @@ mod tests {
         }
 
         #[derive(Debug, PartialEq)]
-        enum Out {
+        enum Res {
             Ok,
             TooBrief,
             Bad,
@@ -1643,9 +1734,9 @@ mod tests {
             cfg: &RegistrarConfig,
             now: u64,
             req: &RegisterReq<'_>,
-        ) -> Out {
+        ) -> Res {
             if req.star && (!req.contacts.is_empty() || req.expires_header != Some(0)) {
-                return Out::Bad;
+                return Res::Bad;
             }
             let mut grants = Vec::new();
             for c in req.contacts {
@@ -1654,18 +1745,18 @@ mod tests {
                     .or(req.expires_header)
                     .unwrap_or(cfg.default_expires);
                 if e != 0 && e < cfg.min_expires {
-                    return Out::TooBrief;
+                    return Res::TooBrief;
                 }
                 grants.push(e.min(cfg.max_expires));
             }
             m.retain(|b| b.expires_at > now);
-            let conflict = |b: &Mb| -> Option<Out> {
+            let conflict = |b: &Mb| -> Option<Res> {
                 if b.orig && b.call_id == req.call_id {
                     if req.cseq < b.cseq {
-                        return Some(Out::OutOfOrder);
+                        return Some(Res::OutOfOrder);
                     }
                     if req.cseq == b.cseq {
-                        return Some(Out::Duplicate);
+                        return Some(Res::Duplicate);
                     }
                 }
                 None
@@ -1675,29 +1766,29 @@ mod tests {
             if req.star {
                 for b in &work {
                     match conflict(b) {
-                        Some(Out::Duplicate) => dup = true,
+                        Some(Res::Duplicate) => dup = true,
                         Some(o) => return o,
                         None => {}
                     }
                 }
                 if dup {
-                    return Out::Duplicate;
+                    return Res::Duplicate;
                 }
                 m.clear();
-                return Out::Ok;
+                return Res::Ok;
             }
             // Conflicts are judged against the stored bindings, all before applying.
             for c in req.contacts {
                 if let Some(b) = work.iter().find(|b| b.ident == ident(c)) {
                     match conflict(b) {
-                        Some(Out::Duplicate) => dup = true,
+                        Some(Res::Duplicate) => dup = true,
                         Some(o) => return o,
                         None => {}
                     }
                 }
             }
             if dup {
-                return Out::Duplicate;
+                return Res::Duplicate;
             }
             let n_old = work.len();
             for (c, &g) in req.contacts.iter().zip(&grants) {
@@ -1724,20 +1815,20 @@ mod tests {
                 }
             }
             if work.len() > cfg.max_contacts_per_aor && work.len() > n_old {
-                return Out::TooMany;
+                return Res::TooMany;
             }
             *m = work;
-            Out::Ok
+            Res::Ok
         }
 
-        fn outcome(o: &RegisterOutcome) -> Out {
+        fn outcome(o: &RegisterOutcome) -> Res {
             match o {
-                RegisterOutcome::Ok(_) => Out::Ok,
-                RegisterOutcome::IntervalTooBrief { .. } => Out::TooBrief,
-                RegisterOutcome::BadRequest(_) => Out::Bad,
-                RegisterOutcome::OutOfOrder => Out::OutOfOrder,
-                RegisterOutcome::Duplicate(_) => Out::Duplicate,
-                RegisterOutcome::TooManyContacts { .. } => Out::TooMany,
+                RegisterOutcome::Ok(_) => Res::Ok,
+                RegisterOutcome::IntervalTooBrief { .. } => Res::TooBrief,
+                RegisterOutcome::BadRequest(_) => Res::Bad,
+                RegisterOutcome::OutOfOrder => Res::OutOfOrder,
+                RegisterOutcome::Duplicate(_) => Res::Duplicate,
+                RegisterOutcome::TooManyContacts { .. } => Res::TooMany,
                 RegisterOutcome::Full => panic!("unexpected Full"),
             }
         }
@@ -1839,6 +1930,7 @@ mod tests {
                 min = Some(min.map_or(b.expires_at, |m| m.min(b.expires_at)));
             });
             assert_eq!(r.binding_count(), n);
+            assert_eq!(r.group_binding_count(0) as usize, n);
             assert_eq!(r.next_expiry(), min);
             assert_eq!(r.expire(Millis(u64::MAX / 2)), n);
             assert_eq!(
@@ -1881,8 +1973,10 @@ mod tests {
         let mut n = 0;
         r.for_each_binding(Millis(0), |_| n += 1);
         assert_eq!(r.binding_count(), n);
+        assert_eq!(r.group_binding_count(1) as usize, n);
         assert!(n > 0 && n <= 500 * 4);
         assert_eq!(r.expire(T0.plus_secs(100_000)), n);
         assert!(r.is_empty());
+        assert_eq!(r.group_binding_count(1), 0);
     }
 }
