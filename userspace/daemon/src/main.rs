@@ -183,9 +183,12 @@ fn print_stats(v: &Value) {
         v["mode"].as_str().unwrap_or("?"),
         v["workers"]
     );
-    for section in ["registrations", "engine", "dataplane"] {
+    for section in ["registrations", "engine", "dataplane", "xdp"] {
+        let Some(m) = v[section].as_object() else {
+            continue;
+        };
         println!("{section}:");
-        if let Some(m) = v[section].as_object() {
+        {
             for (k, val) in m {
                 println!("  {k:<28} {val}");
             }
