@@ -608,7 +608,17 @@ fn validate(c: &mut Collector, raw: RawConfig, base: &Path) -> Option<Config> {
             );
             PathBuf::new()
         }
-        Some(d) => resolve(base, d.get_ref()),
+        Some(d) => {
+            let p = resolve(base, d.get_ref());
+            if p.exists() && !p.is_dir() {
+                c.at(
+                    d.span(),
+                    format!("state_dir {} exists and is not a directory", p.display()),
+                    "point state_dir at a directory (it is created if missing); relative paths resolve against the config file's directory",
+                );
+            }
+            p
+        }
         None => resolve(base, "var"),
     };
     let unclassified = s
@@ -1585,6 +1595,8 @@ alternatives = [{ local = true }]
     fn server_scalars() {
         let e = problems("state_dir = \"var\"", "state_dir = \"\"");
         assert!(e[0].message.contains("state_dir is empty"));
+        let e = problems("state_dir = \"var\"", "state_dir = \"users.txt\"");
+        assert!(e[0].message.contains("is not a directory"), "{e:?}");
         let e = problems("workers = 2", "snapshot_interval = -5");
         assert!(e[0].message.contains("snapshot_interval"));
         let cfg = parse(&GOOD.replacen("workers = 2", "snapshot_interval = 0", 1)).unwrap();

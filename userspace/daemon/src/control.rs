@@ -86,6 +86,7 @@ impl ControlState {
                 "tx_errors": sum(dp, |s| load(&s.tx_errors)),
                 "queue_drops": queue_drops,
                 "queued": sum(dp, |s| load(&s.queued)),
+                "engine_panics": sum(dp, |s| load(&s.engine_panics)),
                 "xsk_rx": sum(dp, |s| load(&s.xsk_rx)),
                 "xsk_tx": sum(dp, |s| load(&s.xsk_tx)),
                 "kernel_drops": sum(dp, |s| s.kernel_drops.iter().map(load).sum::<u64>() + load(&s.kernel_drops_unsteered)),

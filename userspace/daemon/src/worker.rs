@@ -53,6 +53,8 @@ pub struct DataplaneStats {
     /// XDP mode: datagrams received from AF_XDP rings / replies sent in their own frame.
     pub xsk_rx: AtomicU64,
     pub xsk_tx: AtomicU64,
+    /// Datagrams whose processing panicked (a bug; the datagram is dropped, the worker lives).
+    pub engine_panics: AtomicU64,
 }
 
 impl DataplaneStats {
@@ -69,6 +71,7 @@ impl DataplaneStats {
             kernel_drops_unsteered: AtomicU64::new(0),
             xsk_rx: AtomicU64::new(0),
             xsk_tx: AtomicU64::new(0),
+            engine_panics: AtomicU64::new(0),
         }
     }
 }
@@ -297,7 +300,9 @@ fn run(setup: WorkerSetup, mut engine: Engine) {
                 let group = (class < groups).then_some(class as GroupId);
                 match item {
                     Item::Socket(d) => {
-                        engine.handle_classified(now, d.src, d.local, group, &d.data);
+                        guarded(&mut engine, &stats, d.src, |e| {
+                            e.handle_classified(now, d.src, d.local, group, &d.data)
+                        });
                         if pool.len() < POOL_MAX {
                             pool.push(d.data);
                         }
@@ -308,7 +313,10 @@ fn run(setup: WorkerSetup, mut engine: Engine) {
                             q.release(packet);
                             return;
                         };
-                        engine.handle_classified(now, src, local, group, q.payload(&packet));
+                        let payload = q.payload(&packet);
+                        guarded(&mut engine, &stats, src, |e| {
+                            e.handle_classified(now, src, local, group, payload)
+                        });
                         // The answer to the sender goes back in the request's own frame on
                         // the XSK TX ring; anything else (other destinations, more than one
                         // datagram) leaves through the kernel sockets.
@@ -397,6 +405,22 @@ fn run(setup: WorkerSetup, mut engine: Engine) {
     tracing::debug!(worker = index, "worker stopped");
 }
 
+/// Runs one engine step so that a panic (a bug on some wire input) costs that datagram, not
+/// the worker and every registration it would serve. The panic message itself is printed by
+/// the panic hook; here it is counted and logged with the source.
+#[inline]
+fn guarded(
+    engine: &mut Engine,
+    stats: &DataplaneStats,
+    src: SocketAddr,
+    f: impl FnOnce(&mut Engine),
+) {
+    if std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| f(engine))).is_err() {
+        bump(&stats.engine_panics, 1);
+        tracing::error!(%src, "engine panicked on a datagram; dropped it (this is a bug, please report)");
+    }
+}
+
 fn sample_kernel_drops(fds: &[i32], steered: &[Option<usize>], stats: &DataplaneStats) {
     let mut per_class = vec![0u64; stats.kernel_drops.len()];
     let mut unsteered = 0u64;
@@ -438,6 +462,44 @@ fn pick_socket(locals: &[SocketAddr], t: &Transmit) -> usize {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_panicking_step_is_contained_and_counted() {
+        let cfg = crate::config::Config::parse(
+            "[server]\ndomain = \"d.test\"\nlisten = [\"127.0.0.1:0\"]\n",
+            std::path::Path::new("t.toml"),
+            std::path::Path::new("."),
+        )
+        .unwrap();
+        let shared = Arc::new(Shared::new(
+            cfg.engine_config(),
+            Default::default(),
+            [7; 32],
+        ));
+        let mut engine = Engine::new(shared, 1);
+        let stats = DataplaneStats::new(1);
+        let src: SocketAddr = "127.0.0.1:5060".parse().unwrap();
+        guarded(&mut engine, &stats, src, |_| panic!("injected"));
+        assert_eq!(stats.engine_panics.load(Ordering::Relaxed), 1);
+        // The engine still works afterwards.
+        let local: SocketAddr = "127.0.0.1:5070".parse().unwrap();
+        guarded(&mut engine, &stats, src, |e| {
+            e.handle_classified(
+                now_millis(),
+                src,
+                local,
+                None,
+                b"OPTIONS sip:d.test SIP/2.0\r\n\r\n",
+            )
+        });
+        assert_eq!(stats.engine_panics.load(Ordering::Relaxed), 1);
+        assert_eq!(
+            engine
+                .stats()
+                .get(turnstile_core::stats::Counter::RxDatagrams),
+            1
+        );
+    }
 
     #[test]
     fn picks_socket_by_source_then_family() {
