@@ -370,6 +370,8 @@ const MAX_CONTACTS_PER_REQUEST: usize = 256;
 const MAX_STR: usize = 4096;
 /// Expiry work done per lock acquisition in `expire`, so workers are not stalled.
 const EXPIRE_BATCH: usize = 1024;
+/// Records visited per lock acquisition by whole-registrar walks (show, snapshot).
+const VISIT_CHUNK: usize = 256;
 
 #[repr(align(64))]
 struct Padded(Mutex<Shard>);
@@ -672,16 +674,40 @@ impl Registrar {
             .map_or(0, |p| p[(group & 0xff) as usize].load(Ordering::Relaxed))
     }
 
-    /// Visits every binding alive at `now`, one shard at a time (each shard under its lock, so
-    /// each AOR is seen consistently). For `show registrations`.
+    /// Visits every binding alive at `now`, in order within each AOR. For `show
+    /// registrations`: `f` runs under a shard lock, a few hundred AORs at a time, so a full
+    /// walk of a million bindings never stalls the workers for long. Each AOR is seen
+    /// consistently; AORs created or removed during the walk may or may not be visited.
     pub fn for_each_binding(&self, now: Millis, mut f: impl FnMut(&BindingRef<'_>)) {
-        for s in self.shards.iter() {
-            let shard = s.0.lock();
-            for &slot in shard.table.iter() {
-                let rec = &shard.slab[slot as usize];
+        self.for_each_record(|rec| {
+            if let Some(rec) = rec {
                 for i in rec.ordered(now.0) {
                     f(&BindingRef::new(rec, &rec.bindings[i as usize]));
                 }
+            }
+        });
+    }
+
+    /// Every stored record (`Some`), each shard in chunks of `VISIT_CHUNK` slots per lock
+    /// hold; `None` after each chunk, with no lock held (the moment for slow work like IO).
+    fn for_each_record(&self, mut f: impl FnMut(Option<&AorRecord>)) {
+        let mut slots: Vec<u32> = Vec::new();
+        for s in self.shards.iter() {
+            slots.clear();
+            slots.extend(s.0.lock().table.iter().copied());
+            for chunk in slots.chunks(VISIT_CHUNK) {
+                let shard = s.0.lock();
+                for &slot in chunk {
+                    // Records never move; a slot freed meanwhile is empty (or reused by
+                    // another AOR, which is then visited in its current state).
+                    if let Some(rec) = shard.slab.get(slot as usize) {
+                        if !rec.bindings.is_empty() {
+                            f(Some(rec));
+                        }
+                    }
+                }
+                drop(shard);
+                f(None);
             }
         }
     }

@@ -31,6 +31,8 @@ const HEADER: usize = 16;
 const TRAILER: usize = 2 + 8 + 8 + 4;
 /// Upper bound for pre-sizing from a (checksummed, but still untrusted) trailer count.
 const MAX_RESERVE: u64 = 50_000_000;
+/// Scratch size at which encoded records are handed to the writer.
+const FLUSH_AT: usize = 1 << 20;
 const FIXED: usize = 8 + 8 + 16 + 4 + 4 + 2 + 2 + 2 + 1 + 1 + 5 * 2;
 
 /// Why a snapshot was refused. Nothing was restored in any of these cases.
@@ -126,9 +128,9 @@ fn encode_record(rec: &AorRecord, now: u64, buf: &mut Vec<u8>) -> u64 {
 
 impl Registrar {
     /// Streams a snapshot of every binding alive at `now` into `out` (a `Vec<u8>` or the
-    /// daemon's buffered file). Each shard is serialised under its lock into a scratch buffer
-    /// and written after the lock is released, so slow storage never stalls workers. Each
-    /// AOR is consistent; the snapshot as a whole is not one instant (it need not be).
+    /// daemon's buffered file). Records are encoded a few hundred per shard-lock hold into a
+    /// scratch buffer, handed to `out` every 1 MiB with no lock held. Each AOR is consistent; the snapshot as a
+    /// whole is not one instant (it need not be: bindings carry absolute expiry times).
     pub fn write_snapshot<W: Write>(&self, now: Millis, out: &mut W) -> io::Result<SnapshotStats> {
         let mut w = Crc {
             w: out,
@@ -141,20 +143,24 @@ impl Registrar {
         w.put(&head)?;
         let mut st = SnapshotStats::default();
         let mut buf = Vec::new();
-        for s in self.shards.iter() {
-            buf.clear();
-            {
-                let shard = s.0.lock();
-                for &slot in shard.table.iter() {
-                    let n = encode_record(&shard.slab[slot as usize], now.0, &mut buf);
-                    if n > 0 {
-                        st.aors += 1;
-                        st.bindings += n;
-                    }
+        let mut res = Ok(());
+        self.for_each_record(|rec| match rec {
+            Some(rec) => {
+                let n = encode_record(rec, now.0, &mut buf);
+                if n > 0 {
+                    st.aors += 1;
+                    st.bindings += n;
                 }
             }
-            w.put(&buf)?;
-        }
+            // No lock held here: slow storage never stalls the workers.
+            None if buf.len() >= FLUSH_AT && res.is_ok() => {
+                res = w.put(&buf);
+                buf.clear();
+            }
+            None => {}
+        });
+        res?;
+        w.put(&buf)?;
         w.put(&0u16.to_le_bytes())?;
         w.put(&st.aors.to_le_bytes())?;
         w.put(&st.bindings.to_le_bytes())?;
@@ -432,6 +438,30 @@ mod tests {
         let r4 = Registrar::new(RegistrarConfig::default(), 4);
         assert_eq!(r4.restore_snapshot(&late, T0.plus_secs(60)), Ok(200));
         assert!(late.len() < data.len());
+    }
+
+    #[test]
+    fn large_snapshot_is_streamed_in_pieces() {
+        struct Pieces(Vec<u8>, usize);
+        impl Write for Pieces {
+            fn write(&mut self, b: &[u8]) -> io::Result<usize> {
+                self.0.extend_from_slice(b);
+                self.1 += 1;
+                Ok(b.len())
+            }
+            fn flush(&mut self) -> io::Result<()> {
+                Ok(())
+            }
+        }
+        let r = Registrar::new(RegistrarConfig::default(), 4);
+        fill(&r, 12_000);
+        let mut p = Pieces(Vec::new(), 0);
+        let st = r.write_snapshot(T0, &mut p).unwrap();
+        assert!(st.bytes as usize > 2 * FLUSH_AT);
+        assert!(p.1 >= 4, "writes: {}", p.1);
+        let r2 = Registrar::new(RegistrarConfig::default(), 16);
+        assert_eq!(r2.restore_snapshot(&p.0, T0), Ok(18_000));
+        assert_eq!(dump(&r, T0), dump(&r2, T0));
     }
 
     #[test]
