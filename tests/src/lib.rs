@@ -1,3 +1,4 @@
 //! Helpers for end-to-end tests: start the real `turnstile` binary, talk UDP to it.
-pub mod rfc4475;
+pub mod daemon;
 pub mod netns;
+pub mod rfc4475;
