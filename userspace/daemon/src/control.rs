@@ -307,8 +307,12 @@ fn bind_control(path: &Path) -> anyhow::Result<tokio::net::UnixListener> {
     if path.exists() {
         std::fs::remove_file(path)?;
     }
-    tokio::net::UnixListener::bind(path)
-        .map_err(|e| anyhow::anyhow!("cannot bind control socket {}: {e}", path.display()))
+    let l = tokio::net::UnixListener::bind(path)
+        .map_err(|e| anyhow::anyhow!("cannot bind control socket {}: {e}", path.display()))?;
+    // Registrations are personal data: only the daemon's user (and root) may ask.
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))?;
+    Ok(l)
 }
 
 async fn serve_conn(state: Arc<ControlState>, stream: tokio::net::UnixStream) {
