@@ -1,11 +1,11 @@
 //! The Turnstile daemon: config loading, IO backends, worker pool, persistence, control plane.
 
-pub mod xdp;
 pub mod config;
 pub mod control;
 pub mod fair;
 pub mod persist;
 pub mod run;
 pub mod socket;
-pub mod worker;
 pub mod steer;
+pub mod worker;
+pub mod xdp;

@@ -253,7 +253,10 @@ fn run_serves_control_socket_and_stops_cleanly_on_sigterm() {
     let sock = d.path().join("state/turnstile.sock");
     wait_for(&sock, "control socket");
     use std::os::unix::fs::PermissionsExt;
-    assert_eq!(std::fs::metadata(&sock).unwrap().permissions().mode() & 0o777, 0o600);
+    assert_eq!(
+        std::fs::metadata(&sock).unwrap().permissions().mode() & 0o777,
+        0o600
+    );
 
     // A second instance with the same config is refused (exit 1) and leaves the first alone.
     let out = turnstile(&["run", "--config", cfg.to_str().unwrap()]);
