@@ -670,6 +670,38 @@ mod tests {
     }
 
     #[test]
+    fn steering_program_runs_in_the_kernel_for_ipv6() {
+        if UdpSocket::bind("[::1]:0").is_err() {
+            eprintln!("skipping: no IPv6 loopback");
+            return;
+        }
+        for (prefix, want) in [("::1/128", 0usize), ("2001:db8::/32", 1)] {
+            let prefixes = vec![(prefix.parse().unwrap(), 0usize)];
+            let workers =
+                bind_listen(&["[::1]:0".parse().unwrap()], 1, Some((&prefixes, 2))).unwrap();
+            assert!(
+                workers[0].iter().all(|s| s.class.is_some()),
+                "steering attached"
+            );
+            let addr = workers[0][0].socket.local_addr().unwrap();
+            let c = UdpSocket::bind("[::1]:0").unwrap();
+            for _ in 0..5 {
+                c.send_to(b"x", addr).unwrap();
+            }
+            let mut rx = RecvBatch::new();
+            let mut per = [0usize; 2];
+            let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+            while per.iter().sum::<usize>() < 5 && std::time::Instant::now() < deadline {
+                for s in &workers[0] {
+                    per[s.class.unwrap()] += rx.recv(fd(&s.socket)).unwrap();
+                }
+                std::thread::sleep(std::time::Duration::from_millis(5));
+            }
+            assert_eq!(per[want], 5, "{prefix}: {per:?}");
+        }
+    }
+
+    #[test]
     fn reuseport_group_batches_loopback() {
         let groups = bind_reuseport_groups(&["127.0.0.1:0".parse().unwrap()], 2).unwrap();
         let a = groups[0][0].local_addr().unwrap();
