@@ -152,6 +152,7 @@ struct RawServer {
     unclassified: Option<S<String>>,
     snapshot_interval: Option<S<i64>>,
     log_format: Option<S<String>>,
+    metrics_listen: Option<S<String>>,
 }
 
 #[derive(Deserialize)]
@@ -320,6 +321,8 @@ pub struct Config {
     /// Periodic registration snapshot; `None` = only at shutdown.
     pub snapshot_interval: Option<Duration>,
     pub log_format: LogFormat,
+    /// Prometheus text exposition over HTTP (`GET /metrics`); `None` = off.
+    pub metrics_listen: Option<SocketAddr>,
     pub dataplane: Dataplane,
     pub registrar: RegistrarConfig,
     pub auth: Option<AuthSettings>,
@@ -653,6 +656,10 @@ fn validate(c: &mut Collector, raw: RawConfig, base: &Path) -> Option<Config> {
             )
         })
         .unwrap_or(LogFormat::Text);
+    let metrics_listen = s
+        .metrics_listen
+        .as_ref()
+        .and_then(|v| parse_socket_addr(c, v, "metrics_listen"));
 
     // ----- [dataplane]
     let mut dataplane = Dataplane {
@@ -1107,6 +1114,7 @@ fn validate(c: &mut Collector, raw: RawConfig, base: &Path) -> Option<Config> {
         unclassified,
         snapshot_interval,
         log_format,
+        metrics_listen,
         dataplane,
         registrar,
         auth,
@@ -1601,6 +1609,11 @@ alternatives = [{ local = true }]
         assert!(e[0].message.contains("snapshot_interval"));
         let cfg = parse(&GOOD.replacen("workers = 2", "snapshot_interval = 0", 1)).unwrap();
         assert_eq!(cfg.snapshot_interval, None);
+        let e = problems("workers = 2", "metrics_listen = \"localhost\"");
+        assert!(e[0].message.contains("metrics_listen"));
+        let cfg =
+            parse(&GOOD.replacen("workers = 2", "metrics_listen = \"127.0.0.1:9464\"", 1)).unwrap();
+        assert_eq!(cfg.metrics_listen, Some("127.0.0.1:9464".parse().unwrap()));
         let e = problems("workers = 2", "log_format = \"xml\"");
         assert!(e[0].hint.contains("\"json\""));
         let many: Vec<String> = (0..65)

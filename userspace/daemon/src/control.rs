@@ -150,6 +150,90 @@ impl ControlState {
         })
     }
 
+    /// Prometheus text exposition (format 0.0.4) of the same numbers as `show stats` and
+    /// `show groups`.
+    pub fn prometheus(&self) -> String {
+        use std::fmt::Write;
+        let stats = self.stats_json();
+        let groups = self.groups_json();
+        let mut out = String::with_capacity(8192);
+        let mut family = |name: &str, kind: &str, help: &str, rows: Vec<(String, u64)>| {
+            let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}");
+            for (labels, v) in rows {
+                let _ = writeln!(out, "{name}{labels} {v}");
+            }
+        };
+        let rows = |v: &Value, label: &str| -> Vec<(String, u64)> {
+            v.as_object()
+                .into_iter()
+                .flatten()
+                .filter_map(|(k, v)| Some((format!("{{{label}=\"{}\"}}", esc(k)), v.as_u64()?)))
+                .collect()
+        };
+        family(
+            "turnstile_uptime_seconds",
+            "gauge",
+            "Seconds since start.",
+            vec![(String::new(), stats["uptime_s"].as_u64().unwrap_or(0))],
+        );
+        family(
+            "turnstile_registrations",
+            "gauge",
+            "Stored AORs and bindings.",
+            rows(&stats["registrations"], "kind"),
+        );
+        family(
+            "turnstile_engine_total",
+            "counter",
+            "Engine counters, merged over workers.",
+            rows(&stats["engine"], "counter"),
+        );
+        let mut dp = rows(&stats["dataplane"], "counter");
+        let queued = dp.iter().position(|(l, _)| l.contains("\"queued\""));
+        let queued = queued.map(|i| dp.remove(i).1).unwrap_or(0);
+        family(
+            "turnstile_dataplane_total",
+            "counter",
+            "Data-plane counters, merged over workers.",
+            dp,
+        );
+        family(
+            "turnstile_queued",
+            "gauge",
+            "Datagrams waiting in the fair queues.",
+            vec![(String::new(), queued)],
+        );
+        if !stats["xdp"].is_null() {
+            family(
+                "turnstile_xdp_total",
+                "counter",
+                "XDP program verdicts, merged over CPUs.",
+                rows(&stats["xdp"], "verdict"),
+            );
+        }
+        let mut per_group = Vec::new();
+        for g in groups["groups"].as_array().into_iter().flatten() {
+            let name = esc(g["name"].as_str().unwrap_or("?"));
+            for (k, v) in g["counters"].as_object().into_iter().flatten() {
+                per_group.push((
+                    format!("{{group=\"{name}\",counter=\"{}\"}}", esc(k)),
+                    v.as_u64().unwrap_or(0),
+                ));
+            }
+        }
+        per_group.push((
+            "{group=\"\",counter=\"queue_drops\"}".to_string(),
+            groups["unclassified"]["queue_drops"].as_u64().unwrap_or(0),
+        ));
+        family(
+            "turnstile_group_total",
+            "counter",
+            "Per IP Group counters (group=\"\" is unclassified traffic).",
+            per_group,
+        );
+        out
+    }
+
     /// Bindings alive now, of one AOR or of all (at most [`MAX_LISTED`], then `truncated`).
     pub fn registrations_json(&self, aor: Option<&str>) -> Value {
         let now = now_millis();
@@ -206,6 +290,13 @@ impl ControlState {
     }
 }
 
+/// Prometheus label value escaping.
+fn esc(s: &str) -> String {
+    s.replace('\\', "\\\\")
+        .replace('"', "\\\"")
+        .replace('\n', "\\n")
+}
+
 /// Most bindings one `show registrations` lists (the total is always reported).
 pub const MAX_LISTED: usize = 10_000;
 
@@ -250,6 +341,13 @@ pub fn run(
             Ok(l) => l,
             Err(e) => return ready(Err(e)),
         };
+        let metrics = match state.config.metrics_listen {
+            Some(addr) => match tokio::net::TcpListener::bind(addr).await {
+                Ok(l) => Some(l),
+                Err(e) => return ready(Err(anyhow::anyhow!("cannot listen for metrics on {addr}: {e}"))),
+            },
+            None => None,
+        };
         ready(Ok(()));
 
         let mut tick = tokio::time::interval(Duration::from_secs(1));
@@ -280,6 +378,11 @@ pub fn run(
                 conn = listener.accept() => {
                     if let Ok((stream, _)) = conn {
                         tokio::spawn(serve_conn(state.clone(), stream));
+                    }
+                }
+                conn = async { metrics.as_ref().expect("guarded").accept().await }, if metrics.is_some() => {
+                    if let Ok((stream, _)) = conn {
+                        tokio::spawn(serve_metrics(state.clone(), stream));
                     }
                 }
             }
@@ -313,6 +416,46 @@ fn bind_control(path: &Path) -> anyhow::Result<tokio::net::UnixListener> {
     use std::os::unix::fs::PermissionsExt;
     std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))?;
     Ok(l)
+}
+
+/// Minimal HTTP/1.x for `GET /metrics` (one request per connection, bounded in size and time).
+async fn serve_metrics(state: Arc<ControlState>, mut stream: tokio::net::TcpStream) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut buf = Vec::with_capacity(1024);
+    let read = async {
+        let mut chunk = [0u8; 1024];
+        while !buf.windows(4).any(|w| w == b"\r\n\r\n") && buf.len() < 8192 {
+            match stream.read(&mut chunk).await {
+                Ok(0) | Err(_) => break,
+                Ok(n) => buf.extend_from_slice(&chunk[..n]),
+            }
+        }
+    };
+    if tokio::time::timeout(Duration::from_secs(5), read)
+        .await
+        .is_err()
+    {
+        return;
+    }
+    let line = buf.split(|&b| b == b'\n').next().unwrap_or(&[]);
+    let ok = line.starts_with(b"GET /metrics ") || line.starts_with(b"GET /metrics?");
+    let (status, ctype, body) = if ok {
+        (
+            "200 OK",
+            "text/plain; version=0.0.4; charset=utf-8",
+            state.prometheus(),
+        )
+    } else {
+        (
+            "404 Not Found",
+            "text/plain",
+            "only GET /metrics here\n".to_string(),
+        )
+    };
+    let head = format!("HTTP/1.1 {status}\r\nContent-Type: {ctype}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n", body.len());
+    let _ = stream.write_all(head.as_bytes()).await;
+    let _ = stream.write_all(body.as_bytes()).await;
+    let _ = stream.shutdown().await;
 }
 
 async fn serve_conn(state: Arc<ControlState>, stream: tokio::net::UnixStream) {
@@ -362,6 +505,12 @@ pub fn request(socket: &PathBuf, req: &Value) -> anyhow::Result<Value> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn label_escaping() {
+        assert_eq!(esc(r#"a"b\c"#), r#"a\"b\\c"#);
+        assert_eq!(esc("x\ny"), "x\\ny");
+    }
 
     #[test]
     fn aor_argument_forms() {

@@ -413,3 +413,47 @@ fn local_auth_group_is_challenged() {
     let (status, _) = daemon.terminate();
     assert_eq!(status.code(), Some(0));
 }
+
+#[test]
+fn prometheus_metrics_endpoint() {
+    let port = free_udp_port();
+    let mport = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let (d, cfg) = setup(port, &format!("metrics_listen = \"127.0.0.1:{mport}\""));
+    let daemon = Daemon::start(&cfg);
+    wait_for(&d.path().join("state/turnstile.sock"), "control socket");
+    let client = UdpSocket::bind("127.0.0.1:0").unwrap();
+    let resp = register(&client, port, "alice", 600, 1);
+    assert!(resp.starts_with("SIP/2.0 401"), "{resp}");
+
+    let get = |path: &str| {
+        use std::io::{Read, Write};
+        let mut s = std::net::TcpStream::connect(("127.0.0.1", mport)).unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+        write!(s, "GET {path} HTTP/1.1\r\nHost: x\r\n\r\n").unwrap();
+        let mut out = String::new();
+        s.read_to_string(&mut out).unwrap();
+        out
+    };
+    let m = get("/metrics");
+    assert!(m.starts_with("HTTP/1.1 200 OK\r\n"), "{m}");
+    assert!(m.contains("# TYPE turnstile_engine_total counter"), "{m}");
+    assert!(
+        m.contains("turnstile_engine_total{counter=\"auth_challenges\"} 1"),
+        "{m}"
+    );
+    assert!(
+        m.contains("turnstile_group_total{group=\"phones\",counter=\"rx\"} 1"),
+        "{m}"
+    );
+    assert!(
+        m.contains("turnstile_registrations{kind=\"bindings\"} 0"),
+        "{m}"
+    );
+    assert!(get("/other").starts_with("HTTP/1.1 404"));
+    let (status, _) = daemon.terminate();
+    assert_eq!(status.code(), Some(0));
+}
