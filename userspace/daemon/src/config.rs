@@ -195,6 +195,8 @@ struct RawIpGroup {
     serving: Option<S<String>>,
     weight: Option<S<i64>>,
     queue_depth: Option<S<i64>>,
+    source_rate_pps: Option<S<i64>>,
+    source_burst: Option<S<i64>>,
 }
 
 #[derive(Deserialize)]
@@ -277,6 +279,8 @@ pub struct GroupSettings {
     pub group: IpGroup,
     /// Bounded queue depth of this group's fair queue, per worker.
     pub queue_depth: usize,
+    /// XDP mode: per-source token bucket at the NIC (packets/s, burst); `None` = unlimited.
+    pub source_rate: Option<(u32, u32)>,
 }
 
 #[derive(Clone, Debug)]
@@ -1015,6 +1019,30 @@ fn validate(c: &mut Collector, raw: RawConfig, base: &Path) -> Option<Config> {
             .and_then(|q| ranged(c, q, "queue_depth", 1, MAX_QUEUE_DEPTH))
             .map(|q| q as usize)
             .unwrap_or(dataplane.queue_depth);
+        let rate = g
+            .source_rate_pps
+            .as_ref()
+            .and_then(|v| ranged(c, v, "source_rate_pps", 1, 1 << 24));
+        let burst = g
+            .source_burst
+            .as_ref()
+            .and_then(|v| ranged(c, v, "source_burst", 1, 1 << 24));
+        if let (None, Some(b)) = (&g.source_rate_pps, &g.source_burst) {
+            c.at(
+                b.span(),
+                "source_burst without source_rate_pps",
+                "set source_rate_pps (packets per second per source) too, or remove source_burst",
+            );
+        }
+        if g.source_rate_pps.is_some() && dataplane.mode == DataplaneMode::Socket {
+            let v = g.source_rate_pps.as_ref().expect("checked");
+            c.at(
+                v.span(),
+                "source_rate_pps is enforced by the XDP program only",
+                "use [dataplane] mode = \"xdp\", or remove source_rate_pps (socket mode isolates groups with fair queues)",
+            );
+        }
+        let source_rate = rate.map(|r| (r as u32, burst.unwrap_or(r) as u32));
         groups.push(GroupSettings {
             group: IpGroup {
                 name,
@@ -1025,6 +1053,7 @@ fn validate(c: &mut Collector, raw: RawConfig, base: &Path) -> Option<Config> {
                 weight,
             },
             queue_depth,
+            source_rate,
         });
     }
 
@@ -1555,6 +1584,33 @@ alternatives = [{ local = true }]
         assert!(e[0].hint.contains("\"xdp\""));
         let e = problems("mode = \"socket\"", "xdp_mode = \"generic\"");
         assert!(e[0].hint.contains("\"skb\""));
+    }
+
+    #[test]
+    fn source_rate_needs_xdp() {
+        let xdp = GOOD.replacen(
+            "mode = \"socket\"",
+            "mode = \"xdp\"\ninterface = \"eth0\"",
+            1,
+        );
+        let cfg = parse(&xdp.replacen("weight = 3", "source_rate_pps = 20\nsource_burst = 40", 1))
+            .unwrap();
+        assert_eq!(cfg.groups[0].source_rate, Some((20, 40)));
+        let cfg = parse(&xdp.replacen("weight = 3", "source_rate_pps = 20", 1)).unwrap();
+        assert_eq!(
+            cfg.groups[0].source_rate,
+            Some((20, 20)),
+            "burst defaults to one second"
+        );
+        let e = problems("weight = 3", "source_rate_pps = 20");
+        assert!(e[0].message.contains("XDP program only"), "{e:?}");
+        let e = problems("weight = 3", "source_burst = 5");
+        assert!(e[0].message.contains("without source_rate_pps"), "{e:?}");
+        let e = parse(&xdp.replacen("weight = 3", "source_rate_pps = 0", 1)).unwrap_err();
+        assert!(
+            e[0].message.contains("source_rate_pps = 0 is out of range"),
+            "{e:?}"
+        );
     }
 
     #[test]

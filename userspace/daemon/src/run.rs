@@ -70,7 +70,9 @@ fn start_xdp(
                 group: GroupSpec {
                     group_id: i as u16,
                     class: i.min(n - 1) as u8,
-                    ..Default::default()
+                    rate_pps: g.source_rate.map_or(0, |r| r.0),
+                    burst: g.source_rate.map_or(0, |r| r.1),
+                    drop: false,
                 },
             });
         }

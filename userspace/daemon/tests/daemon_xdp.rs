@@ -36,6 +36,7 @@ struct Netns {
     a: String,
     b: String,
     if_a: String,
+    if_b: String,
 }
 
 impl Netns {
@@ -43,12 +44,13 @@ impl Netns {
         static COUNTER: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
         let n = COUNTER.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let tag = format!("{}{n}", std::process::id() % 100_000);
+        let if_b = format!("tsd{tag}b");
         let n = Netns {
             a: format!("tsdx-{tag}-a"),
             b: format!("tsdx-{tag}-b"),
             if_a: format!("tsd{tag}a"),
+            if_b: if_b.clone(),
         };
-        let if_b = format!("tsd{tag}b");
         ip(&["netns", "add", &n.a])?;
         ip(&["netns", "add", &n.b])?;
         ip(&[
@@ -63,6 +65,8 @@ impl Netns {
             ip(&["-n", ns, "link", "set", ifn, "up"])?;
             ip(&["-n", ns, "link", "set", "lo", "up"])?;
         }
+        // A second phone address, for the rate-limited group.
+        ip(&["-n", &n.b, "addr", "add", "198.18.0.3/24", "dev", &n.if_b])?;
         Ok(n)
     }
 
@@ -152,6 +156,15 @@ name = "phones"
 type = "user"
 sources = ["198.18.0.0/24"]
 auth = "none"
+
+# One source that may send only a trickle: shed per source at the NIC.
+[[ip_group]]
+name = "limited"
+type = "user"
+sources = ["198.18.0.3/32"]
+auth = "none"
+source_rate_pps = 1
+source_burst = 2
 "#,
             ns.if_a
         ),
@@ -207,6 +220,24 @@ auth = "none"
             }
         }
         String::new()
+    });
+
+    // 30 REGISTERs in a burst from the rate-limited source: only its burst gets through.
+    let limited_answers = ns.run_in(&ns.b, || {
+        let s = UdpSocket::bind("198.18.0.3:0").unwrap();
+        s.set_read_timeout(Some(Duration::from_millis(300)))
+            .unwrap();
+        let me = s.local_addr().unwrap();
+        for i in 1..=30 {
+            s.send_to(register(me, "bob", i).as_bytes(), "198.18.0.1:5060")
+                .unwrap();
+        }
+        let mut buf = [0u8; 4096];
+        let mut n = 0;
+        while s.recv_from(&mut buf).is_ok() {
+            n += 1;
+        }
+        n
     });
 
     let stats = Command::new(BIN)
@@ -274,17 +305,24 @@ auth = "none"
         groups["groups"][0]["xdp"]["redirect"].as_u64().unwrap() >= 1,
         "{groups}"
     );
-    let regs: serde_json::Value = serde_json::from_slice(&regs.stdout).unwrap();
-    assert_eq!(
-        regs["bindings"][0]["aor"], "sip:alice@example.test",
-        "{regs}"
+    assert!(
+        (1..=4).contains(&limited_answers),
+        "rate-limited source got {limited_answers} answers"
     );
+    assert!(
+        groups["groups"][1]["xdp"]["drop_rate"].as_u64().unwrap() >= 25,
+        "{groups}"
+    );
+    assert_eq!(groups["groups"][0]["xdp"]["drop_rate"], 0, "{groups}");
+    let regs: serde_json::Value = serde_json::from_slice(&regs.stdout).unwrap();
+    let alice = regs["bindings"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|b| b["aor"] == "sip:alice@example.test")
+        .unwrap_or_else(|| panic!("alice not registered: {regs}"));
     assert_eq!(
-        regs["bindings"][0]["source"]
-            .as_str()
-            .unwrap()
-            .split(':')
-            .next(),
+        alice["source"].as_str().unwrap().split(':').next(),
         Some("198.18.0.2")
     );
     assert_eq!(status.code(), Some(0), "{log}");
