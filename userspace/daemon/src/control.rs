@@ -331,10 +331,14 @@ pub fn run(
     };
     rt.block_on(async move {
         use tokio::signal::unix::{signal, SignalKind};
-        let sockets = (signal(SignalKind::terminate()), signal(SignalKind::interrupt()));
-        let (mut term, mut int) = match sockets {
-            (Ok(t), Ok(i)) => (t, i),
-            (Err(e), _) | (_, Err(e)) => return ready(Err(e.into())),
+        let hooks = (
+            signal(SignalKind::terminate()),
+            signal(SignalKind::interrupt()),
+            signal(SignalKind::hangup()),
+        );
+        let (mut term, mut int, mut hup) = match hooks {
+            (Ok(t), Ok(i), Ok(h)) => (t, i, h),
+            (Err(e), _, _) | (_, Err(e), _) | (_, _, Err(e)) => return ready(Err(e.into())),
         };
         let path = state.config.control_socket();
         let listener = match bind_control(&path) {
@@ -358,6 +362,11 @@ pub fn run(
             tokio::select! {
                 _ = term.recv() => { tracing::info!("SIGTERM received, shutting down"); break; }
                 _ = int.recv() => { tracing::info!("SIGINT received, shutting down"); break; }
+                // SIGHUP would kill the process by default (a `reload` or a closed terminal
+                // taking the edge down without its snapshot); until reload exists, say so.
+                _ = hup.recv() => {
+                    tracing::warn!("SIGHUP received: configuration reload is not supported yet; restart to apply changes (state is kept across restarts)");
+                }
                 _ = tick.tick() => {
                     if stop.load(Ordering::Relaxed) {
                         break;

@@ -284,6 +284,10 @@ fn run_serves_control_socket_and_stops_cleanly_on_sigterm() {
         assert!(Instant::now() < deadline, "datagrams not counted: {stats}");
         std::thread::sleep(Duration::from_millis(50));
     }
+    // SIGHUP does not stop the daemon.
+    // SAFETY: signalling our own child by PID.
+    assert_eq!(unsafe { libc::kill(daemon.pid(), libc::SIGHUP) }, 0);
+    std::thread::sleep(Duration::from_millis(200));
     let groups = show_json(&cfg, "groups");
     assert_eq!(groups["groups"][0]["name"], "phones");
     assert_eq!(groups["groups"][0]["sources"][0], "127.0.0.0/8");
@@ -293,6 +297,7 @@ fn run_serves_control_socket_and_stops_cleanly_on_sigterm() {
     assert_eq!(status.code(), Some(0), "{log}");
     assert!(log.contains("turnstile started"), "{log}");
     assert!(log.contains("final snapshot written"), "{log}");
+    assert!(log.contains("SIGHUP received"), "{log}");
     assert!(d.path().join("state/registrations.bin").exists());
     assert!(!d.path().join("state/registrations.bin.tmp").exists());
     assert!(!sock.exists(), "control socket removed on shutdown");
