@@ -726,6 +726,21 @@ impl Registrar {
         }
     }
 
+    /// Removes every binding of every AOR; returns how many.
+    pub fn clear(&self) -> usize {
+        let mut n = 0;
+        for s in self.shards.iter() {
+            let mut shard = s.0.lock();
+            for &slot in shard.table.iter() {
+                self.cx
+                    .account(&Ctx::groups(&shard.slab[slot as usize]), &[]);
+            }
+            n += shard.bindings;
+            *shard = Shard::default();
+        }
+        n
+    }
+
     /// Removes every binding of `aor` unconditionally (administrative); returns how many.
     pub fn remove_aor(&self, aor: &str) -> usize {
         let hash = self.hash(aor);

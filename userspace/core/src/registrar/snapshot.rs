@@ -23,7 +23,7 @@ use super::{Registrar, Transport};
 use crate::time::Millis;
 use smallvec::SmallVec;
 use std::fmt;
-use std::io::{self, Write};
+use std::io::{self, Read, Write};
 
 const MAGIC: &[u8; 8] = b"TSTLREG\0";
 const VERSION: u32 = 1;
@@ -46,6 +46,8 @@ pub enum SnapshotError {
     ChecksumMismatch,
     /// Checksum fine but the content is not valid (what is wrong).
     Corrupt(&'static str),
+    /// Reading failed (streaming restore).
+    Io(io::ErrorKind),
 }
 
 impl fmt::Display for SnapshotError {
@@ -58,6 +60,9 @@ impl fmt::Display for SnapshotError {
             SnapshotError::Truncated => write!(f, "registration snapshot is truncated"),
             SnapshotError::ChecksumMismatch => write!(f, "registration snapshot checksum mismatch"),
             SnapshotError::Corrupt(what) => write!(f, "registration snapshot is corrupt: {what}"),
+            SnapshotError::Io(kind) => {
+                write!(f, "reading the registration snapshot failed: {kind}")
+            }
         }
     }
 }
@@ -262,87 +267,255 @@ fn parse(
     max_at: u64,
     mut f: impl FnMut(AorRecord) -> Result<(), SnapshotError>,
 ) -> Result<(u64, u64), SnapshotError> {
-    use SnapshotError::Corrupt;
     let mut r = Rd {
         d: body,
         pos: HEADER,
     };
     let (mut aors, mut bindings) = (0u64, 0u64);
-    loop {
-        let aor_len = r.u16()?;
-        if aor_len == 0 {
-            break;
-        }
-        let aor = r.str(aor_len)?;
-        let n = r.u16()?;
-        if n == 0 {
-            return Err(Corrupt("record without bindings"));
-        }
+    while let Some((rec, n)) = parse_record(&mut r, now, max_at)? {
         aors += 1;
         bindings += n as u64;
-        let mut parts: SmallVec<[(Binding, Strs<'_>); 4]> = SmallVec::new();
-        let mut total = 0;
-        for _ in 0..n {
-            if r.d.len().saturating_sub(r.pos) < FIXED {
-                return Err(SnapshotError::Truncated);
-            }
-            let mut b = Binding::zeroed();
-            b.expires_at = r.u64()?;
-            b.updated_at = r.u64()?;
-            b.ip.copy_from_slice(r.take(16)?);
-            b.cseq = r.u32()?;
-            b.reg_id = r.u32()?;
-            b.port = r.u16()?;
-            b.q = r.u16()?;
-            b.group = r.u16()?;
-            b.transport = r.u8()?;
-            b.flags = r.u8()?;
-            if Transport::from_u8(b.transport).is_none() {
-                return Err(Corrupt("unknown transport"));
-            }
-            if b.q > 1000 && b.q != Q_NONE {
-                return Err(Corrupt("q out of range"));
-            }
-            if b.flags & !(F_V6 | F_REG_ID) != 0 {
-                return Err(Corrupt("unknown binding flags"));
-            }
-            let lens = [r.u16()?, r.u16()?, r.u16()?, r.u16()?, r.u16()?];
-            let uri = r.str(lens[0])?;
-            let key = r.str(lens[1])?;
-            let call_id = r.str(lens[2])?;
-            let instance = r.str(lens[3])?;
-            let path = r.str(lens[4])?;
-            if uri.is_empty() || call_id.is_empty() {
-                return Err(Corrupt("empty contact or Call-ID"));
-            }
-            if b.expires_at <= now {
-                continue;
-            }
-            b.expires_at = b.expires_at.min(max_at);
-            let s = Strs {
-                uri,
-                key: if key.is_empty() { uri } else { key },
-                call_id,
-                instance,
-                path: PathSrc::Joined(path),
-            };
-            total += s.blob_len();
-            parts.push((b, s));
-        }
-        if !parts.is_empty() {
-            let rec =
-                AorRecord::build(aor, total, parts).map_err(|_| Corrupt("record too large"))?;
+        if let Some(rec) = rec {
             f(rec)?;
         }
     }
     let (want_aors, want_bindings) = (r.u64()?, r.u64()?);
     if r.pos != body.len() {
-        return Err(Corrupt("trailing bytes"));
+        return Err(SnapshotError::Corrupt("trailing bytes"));
     }
     if (want_aors, want_bindings) != (aors, bindings) {
-        return Err(Corrupt("record counts do not match the trailer"));
+        return Err(SnapshotError::Corrupt(
+            "record counts do not match the trailer",
+        ));
     }
     Ok((aors, bindings))
+}
+
+/// One record: `None` at the end marker, else the record of its still-alive bindings (if
+/// any) and its stored binding count. `Truncated` when `r` ends inside the record.
+fn parse_record(
+    r: &mut Rd<'_>,
+    now: u64,
+    max_at: u64,
+) -> Result<Option<(Option<AorRecord>, u16)>, SnapshotError> {
+    use SnapshotError::Corrupt;
+    let aor_len = r.u16()?;
+    if aor_len == 0 {
+        return Ok(None);
+    }
+    let aor = r.str(aor_len)?;
+    let n = r.u16()?;
+    if n == 0 {
+        return Err(Corrupt("record without bindings"));
+    }
+    let mut parts: SmallVec<[(Binding, Strs<'_>); 4]> = SmallVec::new();
+    let mut total = 0;
+    for _ in 0..n {
+        if r.d.len().saturating_sub(r.pos) < FIXED {
+            return Err(SnapshotError::Truncated);
+        }
+        let mut b = Binding::zeroed();
+        b.expires_at = r.u64()?;
+        b.updated_at = r.u64()?;
+        b.ip.copy_from_slice(r.take(16)?);
+        b.cseq = r.u32()?;
+        b.reg_id = r.u32()?;
+        b.port = r.u16()?;
+        b.q = r.u16()?;
+        b.group = r.u16()?;
+        b.transport = r.u8()?;
+        b.flags = r.u8()?;
+        if Transport::from_u8(b.transport).is_none() {
+            return Err(Corrupt("unknown transport"));
+        }
+        if b.q > 1000 && b.q != Q_NONE {
+            return Err(Corrupt("q out of range"));
+        }
+        if b.flags & !(F_V6 | F_REG_ID) != 0 {
+            return Err(Corrupt("unknown binding flags"));
+        }
+        let lens = [r.u16()?, r.u16()?, r.u16()?, r.u16()?, r.u16()?];
+        let uri = r.str(lens[0])?;
+        let key = r.str(lens[1])?;
+        let call_id = r.str(lens[2])?;
+        let instance = r.str(lens[3])?;
+        let path = r.str(lens[4])?;
+        if uri.is_empty() || call_id.is_empty() {
+            return Err(Corrupt("empty contact or Call-ID"));
+        }
+        if b.expires_at <= now {
+            continue;
+        }
+        b.expires_at = b.expires_at.min(max_at);
+        let s = Strs {
+            uri,
+            key: if key.is_empty() { uri } else { key },
+            call_id,
+            instance,
+            path: PathSrc::Joined(path),
+        };
+        total += s.blob_len();
+        parts.push((b, s));
+    }
+    if parts.is_empty() {
+        return Ok(Some((None, n)));
+    }
+    let rec = AorRecord::build(aor, total, parts).map_err(|_| Corrupt("record too large"))?;
+    Ok(Some((Some(rec), n)))
+}
+
+/// A growing window over a reader for [`Registrar::restore_snapshot_from`]: bytes are
+/// checksummed as they are consumed.
+struct Window<R: Read> {
+    rd: R,
+    buf: Vec<u8>,
+    start: usize,
+    eof: bool,
+    crc: crc32fast::Hasher,
+}
+
+impl<R: Read> Window<R> {
+    fn avail(&self) -> &[u8] {
+        &self.buf[self.start..]
+    }
+
+    fn consume(&mut self, n: usize) {
+        self.crc.update(&self.buf[self.start..self.start + n]);
+        self.start += n;
+    }
+
+    /// Reads more; false at end of input.
+    fn refill(&mut self) -> Result<bool, SnapshotError> {
+        if self.eof {
+            return Ok(false);
+        }
+        if self.start > 0 {
+            self.buf.drain(..self.start);
+            self.start = 0;
+        }
+        // Up to one chunk, stopping early only at the end of input.
+        let n = (&mut self.rd)
+            .take(STREAM_CHUNK as u64)
+            .read_to_end(&mut self.buf)
+            .map_err(|e| SnapshotError::Io(e.kind()))?;
+        self.eof = n < STREAM_CHUNK;
+        Ok(n > 0)
+    }
+
+    /// At least `n` bytes available, or `Truncated`.
+    fn need(&mut self, n: usize) -> Result<(), SnapshotError> {
+        while self.avail().len() < n {
+            if !self.refill()? {
+                return Err(SnapshotError::Truncated);
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Read size of the streaming restore.
+const STREAM_CHUNK: usize = 1 << 20;
+
+impl Registrar {
+    /// Streaming restore for startup: reads the snapshot from `rd` in 1 MiB pieces instead of
+    /// needing the whole file in memory (a 1M-binding snapshot is ~170 MB, which would
+    /// otherwise sit next to the restored state). Records are inserted as they are read,
+    /// so on any error (damage, truncation, checksum) the registrar is **cleared** before the
+    /// error is returned; hence it must be empty to start with (else `Corrupt`).
+    pub fn restore_snapshot_from<R: Read>(
+        &self,
+        rd: R,
+        now: Millis,
+    ) -> Result<usize, SnapshotError> {
+        if !self.is_empty() {
+            return Err(SnapshotError::Corrupt(
+                "streaming restore needs an empty registrar",
+            ));
+        }
+        let res = self.restore_stream(rd, now);
+        if res.is_err() {
+            self.clear();
+        }
+        res
+    }
+
+    fn restore_stream<R: Read>(&self, rd: R, now: Millis) -> Result<usize, SnapshotError> {
+        let mut w = Window {
+            rd,
+            buf: Vec::with_capacity(STREAM_CHUNK),
+            start: 0,
+            eof: false,
+            crc: crc32fast::Hasher::new(),
+        };
+        match w.need(HEADER) {
+            Err(SnapshotError::Truncated)
+                if !w.avail().starts_with(&MAGIC[..w.avail().len().min(8)]) =>
+            {
+                return Err(SnapshotError::BadMagic)
+            }
+            other => other?,
+        }
+        let head = w.avail();
+        if &head[..8] != MAGIC {
+            return Err(SnapshotError::BadMagic);
+        }
+        let version = u32::from_le_bytes([head[8], head[9], head[10], head[11]]);
+        if version != VERSION {
+            return Err(SnapshotError::UnsupportedVersion(version));
+        }
+        w.consume(HEADER);
+        let max_at = now.plus_secs(self.cfg.max_expires as u64).0;
+        let (mut aors, mut bindings, mut restored) = (0u64, 0u64, 0usize);
+        loop {
+            let mut r = Rd {
+                d: w.avail(),
+                pos: 0,
+            };
+            match parse_record(&mut r, now.0, max_at) {
+                Err(SnapshotError::Truncated) => {
+                    if !w.refill()? {
+                        return Err(SnapshotError::Truncated);
+                    }
+                }
+                Err(e) => return Err(e),
+                Ok(None) => {
+                    let used = r.pos;
+                    w.consume(used);
+                    break;
+                }
+                Ok(Some((rec, n))) => {
+                    let used = r.pos;
+                    aors += 1;
+                    bindings += n as u64;
+                    if let Some(rec) = rec {
+                        restored += self
+                            .put_record(rec)
+                            .map_err(|_| SnapshotError::Corrupt("no capacity for record"))?;
+                    }
+                    w.consume(used);
+                }
+            }
+        }
+        w.need(20)?;
+        let t = w.avail();
+        let want_aors = u64::from_le_bytes(t[..8].try_into().unwrap_or([0; 8]));
+        let want_bindings = u64::from_le_bytes(t[8..16].try_into().unwrap_or([0; 8]));
+        let crc = u32::from_le_bytes([t[16], t[17], t[18], t[19]]);
+        w.consume(16);
+        w.start += 4;
+        if w.crc.clone().finalize() != crc {
+            return Err(SnapshotError::ChecksumMismatch);
+        }
+        if !w.avail().is_empty() || w.refill()? {
+            return Err(SnapshotError::Corrupt("trailing bytes"));
+        }
+        if (want_aors, want_bindings) != (aors, bindings) {
+            return Err(SnapshotError::Corrupt(
+                "record counts do not match the trailer",
+            ));
+        }
+        Ok(restored)
+    }
 }
 
 #[cfg(test)]
@@ -462,6 +635,86 @@ mod tests {
         let r2 = Registrar::new(RegistrarConfig::default(), 16);
         assert_eq!(r2.restore_snapshot(&p.0, T0), Ok(18_000));
         assert_eq!(dump(&r, T0), dump(&r2, T0));
+    }
+
+    /// Hands out at most `step` bytes per read, to cut records at every possible place.
+    struct Drip<'a>(&'a [u8], usize);
+    impl Read for Drip<'_> {
+        fn read(&mut self, out: &mut [u8]) -> io::Result<usize> {
+            let n = self.1.min(out.len()).min(self.0.len());
+            out[..n].copy_from_slice(&self.0[..n]);
+            self.0 = &self.0[n..];
+            Ok(n)
+        }
+    }
+
+    #[test]
+    fn streaming_restore_matches_slice_restore() {
+        let r = Registrar::new(RegistrarConfig::default(), 8);
+        fill(&r, 300);
+        let data = r.snapshot_to_vec(T0);
+        for step in [1, 7, 64, 1 << 20] {
+            let r2 = Registrar::new(RegistrarConfig::default(), 4);
+            assert_eq!(
+                r2.restore_snapshot_from(Drip(&data, step), T0),
+                Ok(450),
+                "step {step}"
+            );
+            assert_eq!(dump(&r, T0), dump(&r2, T0));
+            // Not into a registrar that already holds bindings.
+            assert!(matches!(
+                r2.restore_snapshot_from(Drip(&data, step), T0),
+                Err(SnapshotError::Corrupt(_))
+            ));
+            assert_eq!(r2.binding_count(), 450);
+        }
+        let r3 = Registrar::new(RegistrarConfig::default(), 4);
+        assert_eq!(
+            r3.restore_snapshot_from(Drip(&data, 100), T0.plus_secs(60)),
+            Ok(300)
+        );
+    }
+
+    #[test]
+    fn streaming_restore_of_damaged_input_leaves_nothing() {
+        let r = Registrar::new(RegistrarConfig::default(), 2);
+        fill(&r, 20);
+        let data = r.snapshot_to_vec(T0);
+        let check = |bytes: &[u8], what: &str| {
+            let r2 = Registrar::new(RegistrarConfig::default(), 2);
+            assert!(
+                r2.restore_snapshot_from(Drip(bytes, 13), T0).is_err(),
+                "{what}"
+            );
+            assert_eq!((r2.aor_count(), r2.binding_count()), (0, 0), "{what}");
+            assert_eq!((0..3).map(|g| r2.group_binding_count(g)).sum::<u32>(), 0);
+        };
+        for cut in 0..data.len() {
+            check(&data[..cut], &format!("cut at {cut}"));
+        }
+        for i in 0..data.len() {
+            let mut v = data.clone();
+            v[i] ^= 0x10;
+            check(&v, &format!("flip at {i}"));
+        }
+        let mut v = data.clone();
+        v.push(0);
+        check(&v, "trailing byte");
+        assert_eq!(
+            Registrar::new(RegistrarConfig::default(), 1)
+                .restore_snapshot_from(Drip(b"GIF89a-not-a-snapshot", 5), T0),
+            Err(SnapshotError::BadMagic)
+        );
+        struct Broken;
+        impl Read for Broken {
+            fn read(&mut self, _: &mut [u8]) -> io::Result<usize> {
+                Err(io::Error::new(io::ErrorKind::PermissionDenied, "no"))
+            }
+        }
+        assert_eq!(
+            Registrar::new(RegistrarConfig::default(), 1).restore_snapshot_from(Broken, T0),
+            Err(SnapshotError::Io(io::ErrorKind::PermissionDenied))
+        );
     }
 
     #[test]
