@@ -12,6 +12,21 @@
 //! Storage is sharded by AOR hash; one AOR's update happens entirely under its shard's
 //! lock, so updates to one AOR are atomic and applied in arrival order. See `store.rs` for
 //! the compact layout and `snapshot.rs` for persistence.
+//!
+//! API at a glance (all `&self`, safe to share across worker threads):
+//! - [`Registrar::register_into`] (hot path, reusable [`Bindings`] output) /
+//!   [`Registrar::register`] (owned [`RegisterOutcome`]): one REGISTER.
+//! - [`Registrar::lookup_with`] (zero-copy visitor) / [`Registrar::lookup`]: bindings alive
+//!   now, q descending then most recently refreshed first.
+//! - [`Registrar::expire`] every ~second, [`Registrar::next_expiry`]: O(expired · log n).
+//! - [`Registrar::for_each_binding`], counts, [`Registrar::group_binding_count`]: show/stats.
+//! - [`Registrar::write_snapshot`], [`Registrar::restore_snapshot`] (slice, atomic),
+//!   [`Registrar::restore_snapshot_from`] (streaming, for startup).
+//!
+//! Choices where the RFC leaves room: a request that would grow an AOR past
+//! `max_contacts_per_aor` is rejected (Kamailio's behaviour), not served by evicting the
+//! oldest binding; same Call-ID with the *same* CSeq is reported as `Duplicate` (with the
+//! current bindings) rather than a plain failure, since it is almost always a retransmission.
 
 mod snapshot;
 mod store;
