@@ -11,4 +11,4 @@ pub mod storm;
 
 pub use digest::Algorithm;
 pub use responder::NullResponder;
-pub use storm::{run as run_storm, Latency, Plan, StormConfig, StormReport};
+pub use storm::{run as run_storm, Latency, MeasureHook, Plan, StormConfig, StormReport};

@@ -135,7 +135,10 @@ pub fn user_name(n: u32) -> String {
 pub struct RegisterParams<'a> {
     pub domain: &'a str,
     pub user: &'a str,
+    /// Sent-by of the Via (the socket's address).
     pub local: std::net::SocketAddr,
+    /// Host and port of the Contact.
+    pub contact: std::net::SocketAddr,
     pub branch: &'a str,
     pub from_tag: &'a str,
     pub call_id: &'a str,
@@ -157,11 +160,12 @@ pub fn write_register_head(out: &mut Vec<u8>, p: &RegisterParams<'_>) {
          To: <sip:{u}@{d}>\r\n\
          Call-ID: {c}\r\n\
          CSeq: {s} REGISTER\r\n\
-         Contact: <sip:{u}@{l}>\r\n\
+         Contact: <sip:{u}@{ct}>\r\n\
          Expires: {e}\r\n\
          User-Agent: turnstile-storm\r\n",
         d = p.domain,
         l = p.local,
+        ct = p.contact,
         b = p.branch,
         u = p.user,
         t = p.from_tag,
@@ -254,6 +258,7 @@ mod tests {
                 domain: "bench.test",
                 user: "user000007",
                 local: "127.0.0.1:40000".parse().unwrap(),
+                contact: "127.0.0.1:40000".parse().unwrap(),
                 branch: "z9hG4bK1.7.1",
                 from_tag: "ft7",
                 call_id: "7-1-abc@storm",

@@ -78,6 +78,20 @@ pub struct StormConfig {
     pub progress: bool,
     /// Local address to bind (must be loopback for benchmarks).
     pub bind_ip: IpAddr,
+    /// Called once when the measured phase starts (after the warm-up of the Refresh plan),
+    /// e.g. to sample the server's CPU time so that the warm-up is not charged.
+    #[serde(skip)]
+    pub on_measure_start: Option<MeasureHook>,
+}
+
+/// A callback for [`StormConfig::on_measure_start`].
+#[derive(Clone)]
+pub struct MeasureHook(pub std::sync::Arc<dyn Fn() + Send + Sync>);
+
+impl std::fmt::Debug for MeasureHook {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("MeasureHook")
+    }
 }
 
 impl Default for StormConfig {
@@ -101,6 +115,7 @@ impl Default for StormConfig {
             plan: Plan::Register,
             progress: false,
             bind_ip: IpAddr::V4(Ipv4Addr::LOCALHOST),
+            on_measure_start: None,
         }
     }
 }
@@ -427,6 +442,7 @@ struct WorkerResult {
 
 struct Worker<'a> {
     cfg: &'a StormConfig,
+    idx: usize,
     first_user: u32,
     users: Vec<User>,
     socks: Vec<UdpSocket>,
@@ -486,7 +502,7 @@ impl<'a> Worker<'a> {
     #[allow(clippy::too_many_arguments)]
     fn new(
         cfg: &'a StormConfig,
-        _idx: usize,
+        idx: usize,
         users: Range<u32>,
         sockets: usize,
         run_id: u32,
@@ -510,6 +526,7 @@ impl<'a> Worker<'a> {
         });
         Ok(Worker {
             cfg,
+            idx,
             first_user: users.start,
             users: us,
             socks,
@@ -558,6 +575,15 @@ impl<'a> Worker<'a> {
             self.drive(Some(n), None, cap, prog)?;
             warmup_s = w0.elapsed().as_secs_f64();
             self.cursor = 0;
+            barrier.wait();
+        }
+        if self.idx == 0 {
+            if let Some(h) = &self.cfg.on_measure_start {
+                (h.0)();
+            }
+        }
+        if self.cfg.plan == Plan::Refresh {
+            // Nobody starts measuring before the hook has run.
             barrier.wait();
         }
         self.t0 = Instant::now();
@@ -804,6 +830,9 @@ impl<'a> Worker<'a> {
         let n = self.first_user + u as u32;
         let name = sip::user_name(n);
         let local = self.local[op.sock as usize];
+        // The Contact is stable per user across runs (a phone keeps its contact when it
+        // re-registers); the socket's ephemeral port would add a binding per run.
+        let contact = SocketAddr::new(local.ip(), 10_000 + (n % 50_000) as u16);
         let branch = format!(
             "z9hG4bK{:x}.{:x}.{:x}.{:x}",
             self.run_id, n, user.gen, user.cseq
@@ -821,6 +850,7 @@ impl<'a> Worker<'a> {
                 domain: &self.cfg.domain,
                 user: &name,
                 local,
+                contact,
                 branch: &branch,
                 from_tag: &tag,
                 call_id: &call_id,
@@ -1190,7 +1220,12 @@ mod tests {
     #[test]
     fn closed_loop_against_null_responder_completes_every_registration() {
         let r = responder();
+        let calls = std::sync::Arc::new(AtomicU64::new(0));
+        let c2 = calls.clone();
         let cfg = StormConfig {
+            on_measure_start: Some(MeasureHook(std::sync::Arc::new(move || {
+                c2.fetch_add(1, Relaxed);
+            }))),
             target: r.addr,
             users: 0..1000,
             total: Some(1000),
@@ -1210,6 +1245,7 @@ mod tests {
         assert_eq!(rep.latency_us.count, 1000);
         assert!(rep.latency_us.p50 > 0 && rep.latency_us.p50 <= rep.latency_us.max);
         assert!(r.answered() >= 1000);
+        assert_eq!(calls.load(Relaxed), 1, "hook runs once, from one thread");
     }
 
     #[test]

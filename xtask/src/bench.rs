@@ -22,7 +22,9 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 use turnstile_benches::procstat;
-use turnstile_benches::{run_storm, Algorithm, NullResponder, Plan, StormConfig, StormReport};
+use turnstile_benches::{
+    run_storm, Algorithm, MeasureHook, NullResponder, Plan, StormConfig, StormReport,
+};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum, Serialize)]
 #[serde(rename_all = "lowercase")]
@@ -350,16 +352,21 @@ struct Server {
     pids: Vec<u32>,
 }
 
+/// CPU seconds of the server's process tree (re-walked: Kamailio's children are fixed after
+/// start-up, but be exact) plus any process seen at start-up that left the tree.
+fn tree_cpu(root: u32, known: &[u32]) -> f64 {
+    let mut pids = procstat::tree_pids(root);
+    for p in known {
+        if !pids.contains(p) {
+            pids.push(*p);
+        }
+    }
+    pids.into_iter().map(procstat::cpu_seconds).sum()
+}
+
 impl Server {
     fn cpu(&self) -> f64 {
-        // Re-walk the tree: Kamailio's children are fixed after start-up, but be exact.
-        let mut pids = procstat::tree_pids(self.pid);
-        for p in &self.pids {
-            if !pids.contains(p) {
-                pids.push(*p);
-            }
-        }
-        pids.into_iter().map(procstat::cpu_seconds).sum()
+        tree_cpu(self.pid, &self.pids)
     }
 
     fn stop(&mut self) {
@@ -521,8 +528,15 @@ impl Ctx<'_> {
     fn phase(&self, server: &Server, name: &str, cfg: &StormConfig) -> Result<Phase> {
         eprintln!("--- {name}: rate {:?}, window {}", cfg.rate, cfg.window);
         let me = std::process::id();
-        let (c0, g0) = (server.cpu(), procstat::cpu_seconds(me));
-        let report = run_storm(cfg).context("storm")?;
+        // CPU is sampled when the measured phase starts (after any warm-up), not before.
+        let start = std::sync::Arc::new(std::sync::Mutex::new((0.0f64, 0.0f64)));
+        let (pid, pids, st) = (server.pid, server.pids.clone(), start.clone());
+        let mut cfg = cfg.clone();
+        cfg.on_measure_start = Some(MeasureHook(std::sync::Arc::new(move || {
+            *st.lock().unwrap() = (tree_cpu(pid, &pids), procstat::cpu_seconds(me));
+        })));
+        let report = run_storm(&cfg).context("storm")?;
+        let (c0, g0) = *start.lock().unwrap();
         let (c1, g1) = (server.cpu(), procstat::cpu_seconds(me));
         let cpu = c1 - c0;
         let requests: u64 = report.per_code.values().sum();
