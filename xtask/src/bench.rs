@@ -204,7 +204,7 @@ pub fn run_bench(root: &Path, args: BenchArgs) -> Result<()> {
             8.0
         })),
         rounds: args.rounds.unwrap_or(if args.quick { 1 } else { 2 }).max(1),
-        sustain_attempts: if args.quick { 2 } else { 3 },
+        sustain_attempts: if args.quick { 2 } else { 4 },
     };
     let mut systems = if args.only.is_empty() {
         vec![System::Null, System::Turnstile, System::Kamailio]
