@@ -26,7 +26,8 @@ use turnstile_core::Millis;
 
 const T0: Millis = Millis(1_800_000_000_000);
 const MILLION: usize = 1_000_000;
-const SHARDS: usize = 128;
+/// As the engine creates it (`Registrar::new(cfg, 256)`).
+const SHARDS: usize = 256;
 
 /// Realistic field sizes: a phone's AOR, its Contact with transport param, a 40-char Call-ID.
 struct Names {

@@ -989,6 +989,8 @@ fn update(
 
     // Per-binding Call-ID/CSeq rule (§10.3 steps 6 and 7).
     let mut duplicate = false;
+    // Some matched binding belongs to another Call-ID (so its strings change).
+    let mut other_call_id = false;
     let mut check = |b: &Binding| -> Result<(), RegisterError> {
         if rec.call_id(b) == req.call_id {
             if req.cseq < b.cseq {
@@ -997,6 +999,8 @@ fn update(
             if req.cseq == b.cseq {
                 duplicate = true;
             }
+        } else {
+            other_call_id = true;
         }
         Ok(())
     };
@@ -1045,7 +1049,7 @@ fn update(
     // Count the result before touching anything.
     let mut removed = 0usize;
     let mut added = 0usize;
-    let mut strings_change = false;
+    let mut strings_change = other_call_id;
     for (i, t) in targets.iter().enumerate() {
         let c = &req.contacts[i];
         match *t {
@@ -1055,9 +1059,9 @@ fn update(
             }
             Target::Existing(j) => {
                 let b = &rec.bindings[j as usize];
+                // Call-ID was compared in `check`; without an instance the match was by key.
                 strings_change |= rec.uri(b) != c.uri
-                    || rec.key(b) != key_of(c)
-                    || rec.call_id(b) != req.call_id
+                    || (c.instance.is_some() && rec.key(b) != key_of(c))
                     || rec.instance(b) != c.instance.unwrap_or("")
                     || !PathSrc::List(req.path).eq_joined(rec.path(b));
             }
