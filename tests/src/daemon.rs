@@ -52,6 +52,9 @@ pub struct Setup {
     pub min_expires: u32,
     pub extra: String,
     pub workers: u32,
+    /// Write an `[auth]` section (MD5) even when `auth` is `None`: the users file then tells
+    /// known users (480) from unknown ones (404) while the group does not challenge.
+    pub users_list_only: bool,
 }
 
 impl Default for Setup {
@@ -63,6 +66,7 @@ impl Default for Setup {
             min_expires: 60,
             extra: String::new(),
             workers: 2,
+            users_list_only: false,
         }
     }
 }
@@ -79,7 +83,11 @@ impl Daemon {
         let dir = tempfile::tempdir().unwrap();
         std::fs::write(dir.path().join("users.txt"), &setup.users).unwrap();
         let port = free_udp_port();
-        let (auth_section, auth_mode) = match &setup.auth {
+        let auth = match (&setup.auth, setup.users_list_only) {
+            (None, true) => Some(vec!["MD5"]),
+            (a, _) => a.clone(),
+        };
+        let (auth_section, _) = match &auth {
             Some(algs) => (
                 format!(
                     "[auth]\nusers_file = \"users.txt\"\nalgorithms = [{}]\nnonce_ttl = 300\n",
@@ -91,6 +99,11 @@ impl Daemon {
                 "local",
             ),
             None => (String::new(), "none"),
+        };
+        let auth_mode = if setup.auth.is_some() {
+            "local"
+        } else {
+            "none"
         };
         let config = format!(
             "[server]\ndomain = \"{domain}\"\nlisten = [\"127.0.0.1:{port}\"]\nworkers = {workers}\nstate_dir = \"var\"\n\n\

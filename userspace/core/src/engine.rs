@@ -171,9 +171,13 @@ impl TxnCache {
     }
 
     /// Transaction key of a request (RFC 3261 §17.2.3): branch, sent-by and method, with
-    /// ACK matching INVITE. Only RFC 3261 branches are keyed; RFC 2543 requests are not
-    /// absorbed (they fall through to the registrar's duplicate handling).
-    fn key(&self, via: &Via<'_>, method: &[u8]) -> Option<u64> {
+    /// ACK matching INVITE — strengthened with the source address, Call-ID and CSeq number.
+    /// A real retransmission matches all of them; a different request that merely reuses a
+    /// branch (constant-branch clients exist; RFC 4475 reuses `z9hG4bKkdjuw` across
+    /// messages) is then a new request instead of getting someone else's answer. Only RFC
+    /// 3261 branches are keyed; RFC 2543 requests fall through to the registrar's duplicate
+    /// handling.
+    fn key(&self, m: &Message<'_>, via: &Via<'_>, method: &[u8], src: SocketAddr) -> Option<u64> {
         let branch = via.branch.filter(|_| via.has_rfc3261_branch())?;
         use std::hash::{BuildHasher, Hash, Hasher};
         let mut h = self.hasher.build_hasher();
@@ -182,8 +186,11 @@ impl TxnCache {
             h.write_u8(c.to_ascii_lowercase());
         }
         via.port.unwrap_or(5060).hash(&mut h);
-        let m: &[u8] = if method == b"ACK" { b"INVITE" } else { method };
-        m.hash(&mut h);
+        let m_: &[u8] = if method == b"ACK" { b"INVITE" } else { method };
+        m_.hash(&mut h);
+        src.hash(&mut h);
+        m.header(HeaderName::CallId).unwrap_or(b"").hash(&mut h);
+        m.hot.map(|hot| hot.cseq.seq).hash(&mut h);
         Some(h.finish())
     }
 
@@ -327,7 +334,7 @@ impl Worker {
         };
         let dst = response_destination(&via, src);
         if let StartLine::Request { method_raw, .. } = m.start {
-            if let Some(key) = self.txns.key(&via, method_raw) {
+            if let Some(key) = self.txns.key(m, &via, method_raw, src) {
                 self.txns.insert(now, key, Txn { dst, response: out.clone() });
             }
         }
@@ -369,7 +376,7 @@ impl Worker {
     fn on_request(&mut self, shared: &Shared, now: Millis, src: SocketAddr, local: SocketAddr, group: Option<GroupId>, m: &Message<'_>) {
         // Retransmission of a request we answered: same bytes again, no second update.
         if let (Some(via), StartLine::Request { method_raw, .. }) = (m.top_via, m.start) {
-            if let Some(t) = self.txns.key(&via, method_raw).and_then(|k| self.txns.get(k)) {
+            if let Some(t) = self.txns.key(m, &via, method_raw, src).and_then(|k| self.txns.get(k)) {
                 let (dst, payload) = (t.dst, t.response.clone());
                 self.stats.inc(Counter::Retransmissions);
                 if method_raw != b"ACK" {

@@ -173,6 +173,20 @@ fn retransmission_answered_identically_without_second_update() {
 }
 
 #[test]
+fn a_reused_branch_on_another_request_is_not_a_retransmission() {
+    let mut e = engine(false);
+    assert_eq!(code(&one(&mut e, T0, PHONE, &Req::register("alice", "same").bytes())), 200);
+    // Same branch, another user and Call-ID: a new request, not alice's 200 again.
+    let resp = one(&mut e, T0, PHONE, &Req::register("bob", "same").bytes());
+    assert!(resp.contains("sip:bob@"), "{resp}");
+    // Same request from another source address: also new.
+    let resp = one(&mut e, T0, PHONE2, &Req::register("alice", "same").bytes());
+    assert_eq!(code(&resp), 200);
+    assert_eq!(e.stats().get(Counter::Retransmissions), 0);
+    assert_eq!(e.shared().registrar().binding_count(), 2);
+}
+
+#[test]
 fn expiry_precedence_423_and_shortening() {
     let mut e = engine(false);
     let mut r = Req::register("alice", "x1");
