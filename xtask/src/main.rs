@@ -46,7 +46,10 @@ enum Cmd {
 }
 
 pub fn root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap().to_path_buf()
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .unwrap()
+        .to_path_buf()
 }
 
 pub fn run(cmd: &mut Command) -> Result<()> {
@@ -60,7 +63,13 @@ pub fn run(cmd: &mut Command) -> Result<()> {
 /// What a fresh machine lacks, each with the command that fixes it.
 fn missing_tools() -> Vec<String> {
     let mut missing = Vec::new();
-    let have = |c: &str, arg: &str| Command::new(c).arg(arg).output().map(|o| o.status.success()).unwrap_or(false);
+    let have = |c: &str, arg: &str| {
+        Command::new(c)
+            .arg(arg)
+            .output()
+            .map(|o| o.status.success())
+            .unwrap_or(false)
+    };
     match Command::new("bpf-linker").arg("--version").output() {
         Ok(o) if String::from_utf8_lossy(&o.stdout).contains("0.10.4") => {}
         _ => missing.push("bpf-linker 0.10.4: cargo install bpf-linker@0.10.4 --locked".into()),
@@ -103,7 +112,15 @@ fn main() -> Result<()> {
         Cmd::Run { config } => {
             run(Command::new("cargo")
                 .current_dir(&root)
-                .args(["run", "--release", "-p", "turnstile", "--", "run", "--config"])
+                .args([
+                    "run",
+                    "--release",
+                    "-p",
+                    "turnstile",
+                    "--",
+                    "run",
+                    "--config",
+                ])
                 .arg(config))?;
         }
         Cmd::Test { rest } => {
@@ -114,8 +131,10 @@ fn main() -> Result<()> {
                 }
                 bail!("the test suite needs these; run `bash scripts/setup.sh` first");
             }
-            run(Command::new("cargo").current_dir(&root).args(["fmt", "--all", "--", "--check"]))
-                .context("code is not rustfmt-formatted: run `cargo fmt --all`")?;
+            run(Command::new("cargo")
+                .current_dir(&root)
+                .args(["fmt", "--all", "--", "--check"]))
+            .context("code is not rustfmt-formatted: run `cargo fmt --all`")?;
             // Debug profile: the suite's cost is compile time on 2 cores; nothing in it is
             // timed (timings live in `cargo xtask bench`).
             let mut cmd = Command::new("cargo");

@@ -23,7 +23,8 @@ use crate::msg::fields::{self, NameAddr, Via};
 use crate::msg::uri::{Scheme, Uri};
 use crate::msg::{self, HeaderName, Message, Method, StartLine};
 use crate::registrar::{
-    Bindings, ContactReq, RegisterError, RegisterReq, Registrar, RegistrarConfig, Transport as RegTransport,
+    Bindings, ContactReq, RegisterError, RegisterReq, Registrar, RegistrarConfig,
+    Transport as RegTransport,
 };
 use crate::stats::{Counter, GroupCounter, WorkerStats};
 use crate::time::Millis;
@@ -90,8 +91,19 @@ impl Shared {
         let registrar = Registrar::new(config.registrar.clone(), 256);
         let auth = config.auth.clone().map(|a| DigestAuth::new(a, secret));
         let domain_lc = config.domain.to_ascii_lowercase();
-        let aliases_lc = config.aliases.iter().map(|a| a.to_ascii_lowercase()).collect();
-        Shared { config, registrar, auth, users, domain_lc, aliases_lc }
+        let aliases_lc = config
+            .aliases
+            .iter()
+            .map(|a| a.to_ascii_lowercase())
+            .collect();
+        Shared {
+            config,
+            registrar,
+            auth,
+            users,
+            domain_lc,
+            aliases_lc,
+        }
     }
 
     pub fn registrar(&self) -> &Registrar {
@@ -114,8 +126,16 @@ impl Shared {
 
     /// Is `host` (from a URI) one of our names? IPv6 brackets are ignored.
     fn is_local_host(&self, host: &[u8]) -> bool {
-        let h = if host.len() >= 2 && host[0] == b'[' { &host[1..host.len() - 1] } else { host };
-        h.eq_ignore_ascii_case(self.domain_lc.as_bytes()) || self.aliases_lc.iter().any(|a| h.eq_ignore_ascii_case(a.as_bytes()))
+        let h = if host.len() >= 2 && host[0] == b'[' {
+            &host[1..host.len() - 1]
+        } else {
+            host
+        };
+        h.eq_ignore_ascii_case(self.domain_lc.as_bytes())
+            || self
+                .aliases_lc
+                .iter()
+                .any(|a| h.eq_ignore_ascii_case(a.as_bytes()))
     }
 }
 
@@ -271,14 +291,27 @@ impl Engine {
     }
 
     /// One UDP datagram from `src`, received on local address `local`; classifies `src` itself.
-    pub fn handle_datagram(&mut self, now: Millis, src: SocketAddr, local: SocketAddr, data: &[u8]) {
+    pub fn handle_datagram(
+        &mut self,
+        now: Millis,
+        src: SocketAddr,
+        local: SocketAddr,
+        data: &[u8],
+    ) {
         let group = self.shared.config.groups.classify(src.ip());
         self.handle_classified(now, src, local, group, data)
     }
 
     /// Same, with the IP Group already known (XDP metadata, or the socket worker's own
     /// classification that decided which fair queue the datagram waited in).
-    pub fn handle_classified(&mut self, now: Millis, src: SocketAddr, local: SocketAddr, group: Option<GroupId>, data: &[u8]) {
+    pub fn handle_classified(
+        &mut self,
+        now: Millis,
+        src: SocketAddr,
+        local: SocketAddr,
+        group: Option<GroupId>,
+        data: &[u8],
+    ) {
         self.w.handle(&self.shared, now, src, local, group, data)
     }
 
@@ -296,7 +329,15 @@ impl Engine {
 }
 
 impl Worker {
-    fn handle(&mut self, shared: &Shared, now: Millis, src: SocketAddr, local: SocketAddr, group: Option<GroupId>, data: &[u8]) {
+    fn handle(
+        &mut self,
+        shared: &Shared,
+        now: Millis,
+        src: SocketAddr,
+        local: SocketAddr,
+        group: Option<GroupId>,
+        data: &[u8],
+    ) {
         self.stats.inc(Counter::RxDatagrams);
         if let Some(g) = group {
             self.stats.inc_group(g, GroupCounter::Rx);
@@ -320,12 +361,23 @@ impl Worker {
 
     fn send(&mut self, dst: SocketAddr, local: SocketAddr, payload: Vec<u8>) {
         self.stats.inc(Counter::TxDatagrams);
-        self.out.push_back(Transmit { dst, src: Some(local), payload });
+        self.out.push_back(Transmit {
+            dst,
+            src: Some(local),
+            payload,
+        });
     }
 
     /// Sends a final response and, for transaction-keyed requests, remembers it so a
     /// retransmission gets the same bytes.
-    fn respond(&mut self, now: Millis, m: &Message<'_>, src: SocketAddr, local: SocketAddr, out: Vec<u8>) {
+    fn respond(
+        &mut self,
+        now: Millis,
+        m: &Message<'_>,
+        src: SocketAddr,
+        local: SocketAddr,
+        out: Vec<u8>,
+    ) {
         let Some(via) = m.top_via else {
             // Unparseable Via: the packet's source is the only return address we have
             // (RFC 3261 §18.2.2 falls back to the source for unreliable transports).
@@ -335,14 +387,29 @@ impl Worker {
         let dst = response_destination(&via, src);
         if let StartLine::Request { method_raw, .. } = m.start {
             if let Some(key) = self.txns.key(m, &via, method_raw, src) {
-                self.txns.insert(now, key, Txn { dst, response: out.clone() });
+                self.txns.insert(
+                    now,
+                    key,
+                    Txn {
+                        dst,
+                        response: out.clone(),
+                    },
+                );
             }
         }
         self.send(dst, local, out);
     }
 
     /// A response with no headers beyond the mandatory ones.
-    fn reply(&mut self, now: Millis, m: &Message<'_>, src: SocketAddr, local: SocketAddr, code: u16, reason: &str) {
+    fn reply(
+        &mut self,
+        now: Millis,
+        m: &Message<'_>,
+        src: SocketAddr,
+        local: SocketAddr,
+        code: u16,
+        reason: &str,
+    ) {
         self.reply_with(now, m, src, local, code, reason, |_| {});
     }
 
@@ -373,10 +440,22 @@ impl Worker {
         self.respond(now, m, src, local, out);
     }
 
-    fn on_request(&mut self, shared: &Shared, now: Millis, src: SocketAddr, local: SocketAddr, group: Option<GroupId>, m: &Message<'_>) {
+    fn on_request(
+        &mut self,
+        shared: &Shared,
+        now: Millis,
+        src: SocketAddr,
+        local: SocketAddr,
+        group: Option<GroupId>,
+        m: &Message<'_>,
+    ) {
         // Retransmission of a request we answered: same bytes again, no second update.
         if let (Some(via), StartLine::Request { method_raw, .. }) = (m.top_via, m.start) {
-            if let Some(t) = self.txns.key(m, &via, method_raw, src).and_then(|k| self.txns.get(k)) {
+            if let Some(t) = self
+                .txns
+                .key(m, &via, method_raw, src)
+                .and_then(|k| self.txns.get(k))
+            {
                 let (dst, payload) = (t.dst, t.response.clone());
                 self.stats.inc(Counter::Retransmissions);
                 if method_raw != b"ACK" {
@@ -388,7 +467,14 @@ impl Worker {
         let Some(gid) = group else {
             self.stats.inc(Counter::DropUnclassified);
             if shared.config.unclassified == Unclassified::Reject {
-                self.reply(now, m, src, local, 403, "Forbidden - Source Not In Any IP Group");
+                self.reply(
+                    now,
+                    m,
+                    src,
+                    local,
+                    403,
+                    "Forbidden - Source Not In Any IP Group",
+                );
             }
             return;
         };
@@ -407,7 +493,14 @@ impl Worker {
             self.stats.inc(Counter::DropMalformed);
             return;
         };
-        let StartLine::Request { method, uri: ruri_raw, .. } = m.start else { return };
+        let StartLine::Request {
+            method,
+            uri: ruri_raw,
+            ..
+        } = m.start
+        else {
+            return;
+        };
 
         // RFC 3261 §8.2.2.1: the Request-URI scheme must be one we understand.
         let ruri = match Uri::parse(ruri_raw) {
@@ -432,7 +525,9 @@ impl Worker {
                     });
                     return;
                 }
-                self.on_register(shared, now, src, local, gid, grp.kind, grp.auth, m, &hot, &ruri);
+                self.on_register(
+                    shared, now, src, local, gid, grp.kind, grp.auth, m, &hot, &ruri,
+                );
             }
             Method::Options if ruri.user.is_none() && shared.is_local_host(ruri.host) => {
                 if let Some(bad) = unsupported_requires(m, HeaderName::Require) {
@@ -445,7 +540,10 @@ impl Worker {
                 }
                 self.stats.inc(Counter::LocalOptions);
                 self.reply_with(now, m, src, local, 200, "OK", |o| {
-                    let _ = write!(o, "Allow: {ALLOW}\r\nAccept: application/sdp\r\nSupported: path\r\n");
+                    let _ = write!(
+                        o,
+                        "Allow: {ALLOW}\r\nAccept: application/sdp\r\nSupported: path\r\n"
+                    );
                 });
             }
             _ => self.route_to_user(shared, now, src, local, m, &hot, &ruri),
@@ -480,7 +578,14 @@ impl Worker {
             // Forwarding REGISTERs from server-type groups is the forwarding issue's job;
             // until then a clear refusal, and never a stored binding.
             fail(self);
-            self.reply(now, m, src, local, 403, "Forbidden - REGISTER From Server IP Group Not Accepted");
+            self.reply(
+                now,
+                m,
+                src,
+                local,
+                403,
+                "Forbidden - REGISTER From Server IP Group Not Accepted",
+            );
             return;
         }
         // §10.3 step 5: the AOR, from To, canonical, and valid for our domain.
@@ -499,7 +604,14 @@ impl Worker {
         }
         if to_uri.user.is_none() || !shared.is_local_host(to_uri.host) {
             fail(self);
-            self.reply(now, m, src, local, 404, "Not Found - AOR Not In This Domain");
+            self.reply(
+                now,
+                m,
+                src,
+                local,
+                404,
+                "Not Found - AOR Not In This Domain",
+            );
             return;
         }
         let aor = canonical_aor(&to_uri, &shared.config.domain);
@@ -508,11 +620,24 @@ impl Worker {
         if auth_mode == AuthMode::Local {
             let Some(auth) = shared.auth.as_ref() else {
                 fail(self);
-                self.reply(now, m, src, local, 500, "Server Internal Error - No Auth Configured");
+                self.reply(
+                    now,
+                    m,
+                    src,
+                    local,
+                    500,
+                    "Server Internal Error - No Auth Configured",
+                );
                 return;
             };
             let uri_str = std::str::from_utf8(m.request_uri().unwrap_or(b"")).unwrap_or("");
-            let outcome = auth.verify(now, "REGISTER", uri_str, m.header_lines(HeaderName::Authorization), &shared.users);
+            let outcome = auth.verify(
+                now,
+                "REGISTER",
+                uri_str,
+                m.header_lines(HeaderName::Authorization),
+                &shared.users,
+            );
             match outcome {
                 AuthOutcome::Authenticated { username } => {
                     // §10.3 step 3: may this user modify this AOR? Our policy: the
@@ -521,7 +646,14 @@ impl Worker {
                     if to_user != username {
                         self.stats.inc(Counter::AuthFailures);
                         fail(self);
-                        self.reply(now, m, src, local, 403, "Forbidden - User Not Allowed To Register This AOR");
+                        self.reply(
+                            now,
+                            m,
+                            src,
+                            local,
+                            403,
+                            "Forbidden - User Not Allowed To Register This AOR",
+                        );
                         return;
                     }
                 }
@@ -539,7 +671,9 @@ impl Worker {
                         _ => {}
                     }
                     self.stats.inc(Counter::AuthChallenges);
-                    self.reply_with(now, m, src, local, 401, "Unauthorized", |o| auth.challenge(now, stale, o));
+                    self.reply_with(now, m, src, local, 401, "Unauthorized", |o| {
+                        auth.challenge(now, stale, o)
+                    });
                     return;
                 }
             }
@@ -548,7 +682,8 @@ impl Worker {
         // Contacts (§10.3 step 6).
         let mut star = false;
         let mut keys: smallvec::SmallVec<[String; 4]> = smallvec::SmallVec::new();
-        let mut parsed: smallvec::SmallVec<[(NameAddr<'_>, Uri<'_>); 4]> = smallvec::SmallVec::new();
+        let mut parsed: smallvec::SmallVec<[(NameAddr<'_>, Uri<'_>); 4]> =
+            smallvec::SmallVec::new();
         for item in m.list(HeaderName::Contact) {
             if item == b"*" {
                 star = true;
@@ -571,7 +706,14 @@ impl Worker {
             }
             if parsed.len() >= MAX_CONTACTS_PER_REQUEST {
                 fail(self);
-                self.reply(now, m, src, local, 403, "Forbidden - Too Many Contacts In Request");
+                self.reply(
+                    now,
+                    m,
+                    src,
+                    local,
+                    403,
+                    "Forbidden - Too Many Contacts In Request",
+                );
                 return;
             }
             keys.push(uri.key());
@@ -588,7 +730,14 @@ impl Worker {
                         Ok(e) => expires = Some(e),
                         Err(_) => {
                             fail(self);
-                            self.reply(now, m, src, local, 400, "Malformed Contact expires Parameter");
+                            self.reply(
+                                now,
+                                m,
+                                src,
+                                local,
+                                400,
+                                "Malformed Contact expires Parameter",
+                            );
                             return;
                         }
                     }
@@ -624,8 +773,10 @@ impl Worker {
                 return;
             }
         };
-        let path: smallvec::SmallVec<[&str; 2]> =
-            m.list(HeaderName::Path).filter_map(|p| std::str::from_utf8(p).ok()).collect();
+        let path: smallvec::SmallVec<[&str; 2]> = m
+            .list(HeaderName::Path)
+            .filter_map(|p| std::str::from_utf8(p).ok())
+            .collect();
         let call_id = std::str::from_utf8(hot.call_id).unwrap_or("");
         let transport = transport_of(hot.via.transport);
         let req = RegisterReq {
@@ -642,7 +793,9 @@ impl Worker {
         };
         let jitter: u32 = self.rng.gen();
         let mut bindings = std::mem::take(&mut self.bindings);
-        let result = shared.registrar.register_into(now, &req, jitter, &mut bindings);
+        let result = shared
+            .registrar
+            .register_into(now, &req, jitter, &mut bindings);
         match result {
             Ok(_) | Err(RegisterError::Duplicate) => {
                 self.stats.inc(Counter::RegisterOk);
@@ -693,18 +846,36 @@ impl Worker {
                             let _ = write!(o, "Min-Expires: {min_expires}\r\n");
                         });
                     }
-                    RegisterError::BadRequest(reason) => self.reply(now, m, src, local, 400, reason),
-                    RegisterError::OutOfOrder => {
-                        self.reply(now, m, src, local, 500, "Server Internal Error - Out Of Order CSeq")
+                    RegisterError::BadRequest(reason) => {
+                        self.reply(now, m, src, local, 400, reason)
                     }
-                    RegisterError::TooManyContacts { .. } => {
-                        self.reply(now, m, src, local, 503, "Service Unavailable - Too Many Registered Contacts")
-                    }
-                    RegisterError::Full => {
-                        self.reply_with(now, m, src, local, 503, "Service Unavailable - Location Service Full", |o| {
+                    RegisterError::OutOfOrder => self.reply(
+                        now,
+                        m,
+                        src,
+                        local,
+                        500,
+                        "Server Internal Error - Out Of Order CSeq",
+                    ),
+                    RegisterError::TooManyContacts { .. } => self.reply(
+                        now,
+                        m,
+                        src,
+                        local,
+                        503,
+                        "Service Unavailable - Too Many Registered Contacts",
+                    ),
+                    RegisterError::Full => self.reply_with(
+                        now,
+                        m,
+                        src,
+                        local,
+                        503,
+                        "Service Unavailable - Location Service Full",
+                        |o| {
                             o.extend_from_slice(b"Retry-After: 60\r\n");
-                        })
-                    }
+                        },
+                    ),
                     RegisterError::Duplicate => unreachable!("handled above"),
                 }
             }
@@ -736,7 +907,11 @@ impl Worker {
         if ruri.user.is_none() {
             // Addressed to the server itself, but not something we serve.
             let code = if method == Method::Other { 501 } else { 405 };
-            let reason = if code == 501 { "Not Implemented" } else { "Method Not Allowed" };
+            let reason = if code == 501 {
+                "Not Implemented"
+            } else {
+                "Method Not Allowed"
+            };
             self.reply_with(now, m, src, local, code, reason, |o| {
                 let _ = write!(o, "Allow: {ALLOW}\r\n");
             });
@@ -757,7 +932,10 @@ impl Worker {
             if method == Method::Options {
                 // §16.3: a proxy may answer an OPTIONS whose Max-Forwards is exhausted.
                 self.reply_with(now, m, src, local, 200, "OK", |o| {
-                    let _ = write!(o, "Allow: {ALLOW}\r\nAccept: application/sdp\r\nSupported: path\r\n");
+                    let _ = write!(
+                        o,
+                        "Allow: {ALLOW}\r\nAccept: application/sdp\r\nSupported: path\r\n"
+                    );
                 });
             } else {
                 self.reply(now, m, src, local, 483, "Too Many Hops");
@@ -768,7 +946,11 @@ impl Worker {
         let mut target: Option<(String, SocketAddr, Vec<String>)> = None;
         shared.registrar.lookup_with(&aor, now, |b| {
             if target.is_none() {
-                target = Some((b.uri.to_string(), b.source, b.path().map(str::to_string).collect()));
+                target = Some((
+                    b.uri.to_string(),
+                    b.source,
+                    b.path().map(str::to_string).collect(),
+                ));
             }
         });
         let Some((contact, dst, path)) = target else {
@@ -786,7 +968,9 @@ impl Worker {
         };
         // §16.6: copy, new Request-URI, Route from the stored Path, Max-Forwards - 1, our Via.
         let mut out = Vec::with_capacity(m.body.len() + 1024);
-        let StartLine::Request { method_raw, .. } = m.start else { return };
+        let StartLine::Request { method_raw, .. } = m.start else {
+            return;
+        };
         out.extend_from_slice(method_raw);
         out.push(b' ');
         out.extend_from_slice(contact.as_bytes());
@@ -794,7 +978,14 @@ impl Worker {
         // Our Via, with a branch derived from the incoming one so that a CANCEL or a
         // non-2xx ACK takes the same branch as its INVITE (§16.11).
         let mut h: u64 = 0xcbf29ce484222325;
-        for &b in hot.via.branch.unwrap_or(b"").iter().chain(hot.call_id).chain(hot.via.host) {
+        for &b in hot
+            .via
+            .branch
+            .unwrap_or(b"")
+            .iter()
+            .chain(hot.call_id)
+            .chain(hot.via.host)
+        {
             h ^= b as u64;
             h = h.wrapping_mul(0x100000001b3);
         }
@@ -846,7 +1037,12 @@ impl Worker {
             out.extend_from_slice(hdr.value);
             out.extend_from_slice(b"\r\n");
         }
-        let _ = write!(out, "Max-Forwards: {}\r\nContent-Length: {}\r\n\r\n", mf - 1, m.body.len());
+        let _ = write!(
+            out,
+            "Max-Forwards: {}\r\nContent-Length: {}\r\n\r\n",
+            mf - 1,
+            m.body.len()
+        );
         out.extend_from_slice(m.body);
         self.stats.inc(Counter::Forwarded);
         self.send(dst, local, out);
@@ -875,7 +1071,10 @@ impl Worker {
             return;
         };
         let ip_str = next.received.map(fields::trim).unwrap_or(next.host);
-        let ip_str = std::str::from_utf8(ip_str).unwrap_or("").trim_start_matches('[').trim_end_matches(']');
+        let ip_str = std::str::from_utf8(ip_str)
+            .unwrap_or("")
+            .trim_start_matches('[')
+            .trim_end_matches(']');
         let Ok(ip) = ip_str.parse::<IpAddr>() else {
             // A sent-by host name would need DNS (RFC 3263); not resolvable in the core.
             self.stats.inc(Counter::DropResponseNoVia);
@@ -886,7 +1085,9 @@ impl Worker {
             _ => next.port.unwrap_or(5060),
         };
         let mut out = Vec::with_capacity(m.body.len() + 512);
-        let StartLine::Response { code, reason } = m.start else { return };
+        let StartLine::Response { code, reason } = m.start else {
+            return;
+        };
         let _ = write!(out, "SIP/2.0 {code} ");
         out.extend_from_slice(reason);
         out.extend_from_slice(b"\r\n");
@@ -928,7 +1129,11 @@ impl Worker {
 /// `sip:alice@127.0.0.1` and `sip:alice@example.test` are the same user.
 fn canonical_aor(uri: &Uri<'_>, domain: &str) -> String {
     let mut s = String::with_capacity(uri.raw.len() + domain.len());
-    s.push_str(if uri.scheme == Scheme::Sips { "sips:" } else { "sip:" });
+    s.push_str(if uri.scheme == Scheme::Sips {
+        "sips:"
+    } else {
+        "sip:"
+    });
     if let Some(u) = uri.user {
         crate::msg::uri::unescape_into(u, &mut s);
         s.push('@');
@@ -948,7 +1153,11 @@ fn aor_user(aor: &str) -> &str {
 fn unsupported_requires(m: &Message<'_>, which: HeaderName) -> Option<String> {
     let bad: Vec<String> = m
         .list(which)
-        .filter(|t| !SUPPORTED.iter().any(|s| t.eq_ignore_ascii_case(s.as_bytes())))
+        .filter(|t| {
+            !SUPPORTED
+                .iter()
+                .any(|s| t.eq_ignore_ascii_case(s.as_bytes()))
+        })
         .map(|t| String::from_utf8_lossy(t).into_owned())
         .collect();
     (!bad.is_empty()).then(|| bad.join(", "))

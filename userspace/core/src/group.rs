@@ -89,7 +89,10 @@ impl GroupTable {
     }
 
     pub fn by_name(&self, name: &str) -> Option<GroupId> {
-        self.groups.iter().position(|g| g.name == name).map(|i| i as GroupId)
+        self.groups
+            .iter()
+            .position(|g| g.name == name)
+            .map(|i| i as GroupId)
     }
 }
 
@@ -112,7 +115,11 @@ mod tests {
     fn longest_prefix_wins_v4_and_v6() {
         let t = GroupTable::new(vec![
             g("wide", GroupKind::User, &["10.0.0.0/8", "2001:db8::/32"]),
-            g("narrow", GroupKind::Server, &["10.1.2.0/24", "2001:db8:1::/48"]),
+            g(
+                "narrow",
+                GroupKind::Server,
+                &["10.1.2.0/24", "2001:db8:1::/48"],
+            ),
         ]);
         assert_eq!(t.classify("10.9.9.9".parse().unwrap()), Some(0));
         assert_eq!(t.classify("10.1.2.3".parse().unwrap()), Some(1));

@@ -15,9 +15,9 @@ pub mod engine;
 pub mod group;
 pub mod msg;
 pub mod registrar;
-pub mod stats;
 #[cfg(feature = "rsip")]
 pub mod rsip_adapter;
+pub mod stats;
 pub mod time;
 
 pub use time::Millis;

@@ -31,7 +31,11 @@ fn config(auth: bool) -> EngineConfig {
                 name: "phones".into(),
                 kind: GroupKind::User,
                 sources: vec!["127.0.0.0/8".parse().unwrap()],
-                auth: if auth { AuthMode::Local } else { AuthMode::None },
+                auth: if auth {
+                    AuthMode::Local
+                } else {
+                    AuthMode::None
+                },
                 serving: None,
                 weight: 1,
             },
@@ -50,7 +54,11 @@ fn config(auth: bool) -> EngineConfig {
 }
 
 fn engine(auth: bool) -> Engine {
-    let users = UserDb::parse("alice:alice-pw\nbob:bob-pw\ncarol:carol-pw\n", "example.test").unwrap();
+    let users = UserDb::parse(
+        "alice:alice-pw\nbob:bob-pw\ncarol:carol-pw\n",
+        "example.test",
+    )
+    .unwrap();
     Engine::new(Arc::new(Shared::new(config(auth), users, [7; 32])), 1)
 }
 
@@ -139,7 +147,10 @@ fn register_without_auth_lists_bindings_with_date() {
     let mut e = engine(false);
     let r = one(&mut e, T0, PHONE, &Req::register("alice", "a1").bytes());
     assert_eq!(code(&r), 200, "{r}");
-    assert_eq!(headers(&r, "Contact"), vec!["<sip:alice@127.0.0.10:40000>;expires=3600"]);
+    assert_eq!(
+        headers(&r, "Contact"),
+        vec!["<sip:alice@127.0.0.10:40000>;expires=3600"]
+    );
     assert_eq!(headers(&r, "Date").len(), 1);
     assert!(headers(&r, "Record-Route").is_empty());
     // RFC 3581: rport filled in, received added.
@@ -159,7 +170,10 @@ fn retransmission_answered_identically_without_second_update() {
     let mut other = Req::register("alice", "rt2");
     other.call_id = "other-cid".into();
     other.contacts = vec!["<sip:alice@127.0.0.99:5060>".into()];
-    assert_eq!(code(&one(&mut e, T0.plus_ms(100), PHONE, &other.bytes())), 200);
+    assert_eq!(
+        code(&one(&mut e, T0.plus_ms(100), PHONE, &other.bytes())),
+        200
+    );
     let again = exchange(&mut e, T0.plus_ms(500), PHONE, &req);
     assert_eq!(first, again, "retransmission gets the same bytes");
     assert_eq!(e.stats().get(Counter::Retransmissions), 1);
@@ -175,7 +189,15 @@ fn retransmission_answered_identically_without_second_update() {
 #[test]
 fn a_reused_branch_on_another_request_is_not_a_retransmission() {
     let mut e = engine(false);
-    assert_eq!(code(&one(&mut e, T0, PHONE, &Req::register("alice", "same").bytes())), 200);
+    assert_eq!(
+        code(&one(
+            &mut e,
+            T0,
+            PHONE,
+            &Req::register("alice", "same").bytes()
+        )),
+        200
+    );
     // Same branch, another user and Call-ID: a new request, not alice's 200 again.
     let resp = one(&mut e, T0, PHONE, &Req::register("bob", "same").bytes());
     assert!(resp.contains("sip:bob@"), "{resp}");
@@ -190,12 +212,21 @@ fn a_reused_branch_on_another_request_is_not_a_retransmission() {
 fn expiry_precedence_423_and_shortening() {
     let mut e = engine(false);
     let mut r = Req::register("alice", "x1");
-    r.contacts = vec!["<sip:alice@127.0.0.10:1>;expires=120".into(), "<sip:alice@127.0.0.10:2>".into()];
+    r.contacts = vec![
+        "<sip:alice@127.0.0.10:1>;expires=120".into(),
+        "<sip:alice@127.0.0.10:2>".into(),
+    ];
     r.expires = Some("300".into());
     let resp = one(&mut e, T0, PHONE, &r.bytes());
     let mut c = headers(&resp, "Contact");
     c.sort();
-    assert_eq!(c, vec!["<sip:alice@127.0.0.10:1>;expires=120", "<sip:alice@127.0.0.10:2>;expires=300"]);
+    assert_eq!(
+        c,
+        vec![
+            "<sip:alice@127.0.0.10:1>;expires=120",
+            "<sip:alice@127.0.0.10:2>;expires=300"
+        ]
+    );
 
     let mut r = Req::register("bob", "x2");
     r.expires = Some("30".into());
@@ -207,7 +238,10 @@ fn expiry_precedence_423_and_shortening() {
     let mut r = Req::register("bob", "x3");
     r.expires = Some("999999".into());
     let resp = one(&mut e, T0, PHONE, &r.bytes());
-    assert_eq!(headers(&resp, "Contact"), vec!["<sip:bob@127.0.0.10:40000>;expires=7200"]);
+    assert_eq!(
+        headers(&resp, "Contact"),
+        vec!["<sip:bob@127.0.0.10:40000>;expires=7200"]
+    );
 }
 
 #[test]
@@ -291,7 +325,15 @@ fn require_domain_and_group_checks() {
     assert_eq!(code(&resp), 403);
     assert!(resp.contains("Server IP Group"), "{resp}");
     // Unclassified: 403 by default config here.
-    assert_eq!(code(&one(&mut e, T0, "192.0.2.1:5060", &Req::register("alice", "q5").bytes())), 403);
+    assert_eq!(
+        code(&one(
+            &mut e,
+            T0,
+            "192.0.2.1:5060",
+            &Req::register("alice", "q5").bytes()
+        )),
+        403
+    );
     assert_eq!(e.shared().registrar().binding_count(), 0);
 }
 
@@ -300,20 +342,36 @@ fn unclassified_drop_policy_is_silent() {
     let mut cfg = config(false);
     cfg.unclassified = Unclassified::Drop;
     let mut e = Engine::new(Arc::new(Shared::new(cfg, UserDb::new(), [0; 32])), 1);
-    assert!(exchange(&mut e, T0, "192.0.2.1:5060", &Req::register("alice", "d1").bytes()).is_empty());
+    assert!(exchange(
+        &mut e,
+        T0,
+        "192.0.2.1:5060",
+        &Req::register("alice", "d1").bytes()
+    )
+    .is_empty());
     assert_eq!(e.stats().get(Counter::DropUnclassified), 1);
 }
 
 /// Full digest exchange: 401 with one challenge per algorithm (SHA-256 first), then 200.
-fn auth_register(e: &mut Engine, now: Millis, user: &'static str, pw: &str, alg_index: usize) -> String {
+fn auth_register(
+    e: &mut Engine,
+    now: Millis,
+    user: &'static str,
+    pw: &str,
+    alg_index: usize,
+) -> String {
     let r = Req::register(user, &format!("au-{user}-{}", now.0));
     let resp = one(e, now, PHONE, &r.bytes());
     assert_eq!(code(&resp), 401, "{resp}");
     let ch = headers(&resp, "WWW-Authenticate");
     assert_eq!(ch.len(), 2);
-    assert!(ch[0].contains("algorithm=SHA-256") && ch[1].contains("algorithm=MD5"), "{ch:?}");
+    assert!(
+        ch[0].contains("algorithm=SHA-256") && ch[1].contains("algorithm=MD5"),
+        "{ch:?}"
+    );
     let chal = parse_challenge(ch[alg_index]).unwrap();
-    let authz = build_authorization(&chal, user, pw, "REGISTER", "sip:example.test", 1, "cn0001").unwrap();
+    let authz =
+        build_authorization(&chal, user, pw, "REGISTER", "sip:example.test", 1, "cn0001").unwrap();
     let mut r2 = Req::register(user, &format!("au2-{user}-{}", now.0));
     r2.cseq = 2;
     r2.extra = vec![format!("Authorization: {authz}")];
@@ -323,7 +381,10 @@ fn auth_register(e: &mut Engine, now: Millis, user: &'static str, pw: &str, alg_
 #[test]
 fn digest_sha256_and_md5_succeed() {
     let mut e = engine(true);
-    assert_eq!(code(&auth_register(&mut e, T0, "alice", "alice-pw", 0)), 200);
+    assert_eq!(
+        code(&auth_register(&mut e, T0, "alice", "alice-pw", 0)),
+        200
+    );
     assert_eq!(code(&auth_register(&mut e, T0, "bob", "bob-pw", 1)), 200);
     assert_eq!(e.shared().registrar().binding_count(), 2);
 }
@@ -341,7 +402,16 @@ fn digest_user_may_not_register_someone_elses_aor() {
     let mut e = engine(true);
     let resp = one(&mut e, T0, PHONE, &Req::register("alice", "o1").bytes());
     let chal = parse_challenge(headers(&resp, "WWW-Authenticate")[0]).unwrap();
-    let authz = build_authorization(&chal, "bob", "bob-pw", "REGISTER", "sip:example.test", 1, "c").unwrap();
+    let authz = build_authorization(
+        &chal,
+        "bob",
+        "bob-pw",
+        "REGISTER",
+        "sip:example.test",
+        1,
+        "c",
+    )
+    .unwrap();
     let mut r = Req::register("alice", "o2");
     r.cseq = 2;
     r.extra = vec![format!("Authorization: {authz}")];
@@ -353,14 +423,28 @@ fn stale_nonce_on_virtual_clock() {
     let mut e = engine(true);
     let resp = one(&mut e, T0, PHONE, &Req::register("alice", "n1").bytes());
     let chal = parse_challenge(headers(&resp, "WWW-Authenticate")[0]).unwrap();
-    let authz = build_authorization(&chal, "alice", "alice-pw", "REGISTER", "sip:example.test", 1, "c").unwrap();
+    let authz = build_authorization(
+        &chal,
+        "alice",
+        "alice-pw",
+        "REGISTER",
+        "sip:example.test",
+        1,
+        "c",
+    )
+    .unwrap();
     let mut r = Req::register("alice", "n2");
     r.cseq = 2;
     r.extra = vec![format!("Authorization: {authz}")];
     let later = T0.plus_secs(301);
     let resp = one(&mut e, later, PHONE, &r.bytes());
     assert_eq!(code(&resp), 401);
-    assert!(headers(&resp, "WWW-Authenticate").iter().all(|h| h.contains("stale=true")), "{resp}");
+    assert!(
+        headers(&resp, "WWW-Authenticate")
+            .iter()
+            .all(|h| h.contains("stale=true")),
+        "{resp}"
+    );
     assert_eq!(e.stats().get(Counter::AuthStale), 1);
 }
 
@@ -391,11 +475,20 @@ CSeq: 1 INVITE\r\nContact: <sip:bob@127.0.0.11:40002>\r\nContent-Type: applicati
     assert_eq!(out.len(), 1);
     assert_eq!(out[0].dst, sa(PHONE));
     let fwd = String::from_utf8(out[0].payload.clone()).unwrap();
-    assert!(fwd.starts_with("INVITE sip:alice@127.0.0.10:40000 SIP/2.0\r\n"), "{fwd}");
+    assert!(
+        fwd.starts_with("INVITE sip:alice@127.0.0.10:40000 SIP/2.0\r\n"),
+        "{fwd}"
+    );
     assert!(fwd.contains("Max-Forwards: 9\r\n"));
     let vias = headers(&fwd, "Via");
-    assert!(vias[0].starts_with("SIP/2.0/UDP 127.0.0.1:5060;branch=z9hG4bKts"), "{vias:?}");
-    assert!(vias[1].contains("received=127.0.0.11;rport=40002"), "{vias:?}");
+    assert!(
+        vias[0].starts_with("SIP/2.0/UDP 127.0.0.1:5060;branch=z9hG4bKts"),
+        "{vias:?}"
+    );
+    assert!(
+        vias[1].contains("received=127.0.0.11;rport=40002"),
+        "{vias:?}"
+    );
     assert!(fwd.ends_with("\r\n\r\nv=0\n"));
 
     // The callee answers; the response goes back to the caller without our Via.
@@ -418,14 +511,20 @@ From: <sip:bob@example.test>;tag=b1\r\nTo: <sip:alice@example.test>;tag=a9\r\nCa
     // An unknown user → 404; Max-Forwards 0 → 483 (checked before the lookup).
     assert_eq!(code(&one(&mut e, T0, PHONE2, &invite("i3", "nobody"))), 404);
     let mut zero = invite("i4", "alice");
-    let s = String::from_utf8(zero.clone()).unwrap().replace("Max-Forwards: 10", "Max-Forwards: 0");
+    let s = String::from_utf8(zero.clone())
+        .unwrap()
+        .replace("Max-Forwards: 10", "Max-Forwards: 0");
     zero = s.into_bytes();
     assert_eq!(code(&one(&mut e, T0, PHONE2, &zero)), 483);
     // A stray response (not ours) is dropped.
     let stray = answer.replace(our_branch, "z9hG4bKnotours");
     assert!(exchange(&mut e, T0, PHONE, stray.as_bytes()).is_empty());
     // And the shared sweep removes the expired binding.
-    assert_eq!(e.shared().registrar().binding_count(), 1, "still stored until the sweep");
+    assert_eq!(
+        e.shared().registrar().binding_count(),
+        1,
+        "still stored until the sweep"
+    );
     assert_eq!(e.shared().handle_timeout(T0.plus_secs(60)), 1);
     assert_eq!(e.shared().registrar().binding_count(), 0);
 }
@@ -473,5 +572,13 @@ fn every_rfc4475_message_is_handled_without_panic() {
     }
     assert_eq!(n, 49);
     // Still serving afterwards.
-    assert_eq!(code(&one(&mut e, T0, PHONE, &Req::register("alice", "after").bytes())), 200);
+    assert_eq!(
+        code(&one(
+            &mut e,
+            T0,
+            PHONE,
+            &Req::register("alice", "after").bytes()
+        )),
+        200
+    );
 }

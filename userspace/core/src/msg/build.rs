@@ -74,7 +74,9 @@ pub fn push_hex16(out: &mut Vec<u8>, n: u64) {
 pub fn write_top_via(out: &mut Vec<u8>, via: &Via<'_>, src: SocketAddr) {
     let raw = via.raw;
     // `params` is a sub-slice of `raw`; everything before it is "SIP/2.0/UDP sent-by".
-    let prefix_len = (via.params.as_ptr() as usize).saturating_sub(raw.as_ptr() as usize).min(raw.len());
+    let prefix_len = (via.params.as_ptr() as usize)
+        .saturating_sub(raw.as_ptr() as usize)
+        .min(raw.len());
     out.extend_from_slice(trim(&raw[..prefix_len]));
     let src_ip = src.ip();
     let src_ip = match src_ip {
@@ -90,7 +92,8 @@ pub fn write_top_via(out: &mut Vec<u8>, via: &Via<'_>, src: SocketAddr) {
             .and_then(|h| h.parse::<IpAddr>().ok())
             == Some(src_ip);
     for (n, v) in params(via.params) {
-        if n.eq_ignore_ascii_case(b"received") || (n.eq_ignore_ascii_case(b"rport") && v.is_none()) {
+        if n.eq_ignore_ascii_case(b"received") || (n.eq_ignore_ascii_case(b"rport") && v.is_none())
+        {
             continue;
         }
         out.push(b';');
@@ -145,7 +148,13 @@ pub fn local_tag(call_id: &[u8], from: &[u8], branch: &[u8]) -> u64 {
 /// request missing some of them still gets an answer. Needs a parseable top Via
 /// (`req.top_via`); without one nothing is written and `false` returned. The caller appends
 /// its own headers and then calls [`finish`].
-pub fn response_head(out: &mut Vec<u8>, req: &Message<'_>, src: SocketAddr, code: u16, reason: &str) -> bool {
+pub fn response_head(
+    out: &mut Vec<u8>,
+    req: &Message<'_>,
+    src: SocketAddr,
+    code: u16,
+    reason: &str,
+) -> bool {
     if req.header(HeaderName::Via).is_none() {
         return false;
     }
@@ -190,7 +199,9 @@ pub fn response_head(out: &mut Vec<u8>, req: &Message<'_>, src: SocketAddr, code
         out.extend_from_slice(to);
         let has_tag = match &req.hot {
             Some(h) => h.to.tag().is_some(),
-            None => NameAddr::parse(to).map(|n| n.tag().is_some()).unwrap_or(true),
+            None => NameAddr::parse(to)
+                .map(|n| n.tag().is_some())
+                .unwrap_or(true),
         };
         if !has_tag && code > 100 {
             let branch = top_via.and_then(|v| v.branch).unwrap_or(b"");
@@ -227,7 +238,13 @@ pub fn finish(out: &mut Vec<u8>, server: &str, body: &[u8]) {
 }
 
 /// A complete response with no extra headers (`None` without a usable top Via).
-pub fn simple_response(req: &Message<'_>, src: SocketAddr, code: u16, reason: &str, server: &str) -> Option<Vec<u8>> {
+pub fn simple_response(
+    req: &Message<'_>,
+    src: SocketAddr,
+    code: u16,
+    reason: &str,
+    server: &str,
+) -> Option<Vec<u8>> {
     let mut out = Vec::with_capacity(512);
     if !response_head(&mut out, req, src, code, reason) {
         return None;
@@ -271,16 +288,26 @@ From: <sip:a@example.test>;tag=f1\r\nTo: <sip:x@example.test>\r\nCall-ID: cid\r\
 
     #[test]
     fn no_received_when_sent_by_matches_and_no_rport() {
-        let raw = b"OPTIONS sip:x@y SIP/2.0\r\nVia: SIP/2.0/UDP 192.0.2.55:5070;branch=z9hG4bKa\r\n\
+        let raw =
+            b"OPTIONS sip:x@y SIP/2.0\r\nVia: SIP/2.0/UDP 192.0.2.55:5070;branch=z9hG4bKa\r\n\
 From: <sip:a@y>;tag=1\r\nTo: <sip:x@y>;tag=2\r\nCall-ID: c\r\nCSeq: 1 OPTIONS\r\n\r\n";
         let mut s = Vec::new();
         let m = parse(raw, &mut s).unwrap();
         let via = m.top_via.unwrap();
         let src: SocketAddr = "192.0.2.55:40000".parse().unwrap();
         let text = String::from_utf8(simple_response(&m, src, 200, "OK", "").unwrap()).unwrap();
-        assert!(text.contains("Via: SIP/2.0/UDP 192.0.2.55:5070;branch=z9hG4bKa\r\n"), "{text}");
-        assert!(text.contains("To: <sip:x@y>;tag=2\r\n"), "existing To tag kept: {text}");
-        assert_eq!(response_destination(&via, src), "192.0.2.55:5070".parse().unwrap());
+        assert!(
+            text.contains("Via: SIP/2.0/UDP 192.0.2.55:5070;branch=z9hG4bKa\r\n"),
+            "{text}"
+        );
+        assert!(
+            text.contains("To: <sip:x@y>;tag=2\r\n"),
+            "existing To tag kept: {text}"
+        );
+        assert_eq!(
+            response_destination(&via, src),
+            "192.0.2.55:5070".parse().unwrap()
+        );
         let port0 = Via::parse(b"SIP/2.0/UDP h:0;branch=z9hG4bK1").unwrap();
         assert_eq!(response_destination(&port0, src), src, "never to port 0");
     }

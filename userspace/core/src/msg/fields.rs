@@ -63,7 +63,11 @@ const fn class_table(extra: &[u8], unreserved: bool) -> [bool; 256] {
     while i < 256 {
         let c = i as u8;
         t[i] = c.is_ascii_alphanumeric()
-            || (unreserved && matches!(c, b'-' | b'_' | b'.' | b'!' | b'~' | b'*' | b'\'' | b'(' | b')'));
+            || (unreserved
+                && matches!(
+                    c,
+                    b'-' | b'_' | b'.' | b'!' | b'~' | b'*' | b'\'' | b'(' | b')'
+                ));
         i += 1;
     }
     let mut j = 0;
@@ -166,7 +170,10 @@ pub struct ParamIter<'a> {
 }
 
 pub fn params(s: &[u8]) -> ParamIter<'_> {
-    ParamIter { rest: s, error: false }
+    ParamIter {
+        rest: s,
+        error: false,
+    }
 }
 
 impl<'a> Iterator for ParamIter<'a> {
@@ -223,7 +230,9 @@ impl<'a> Iterator for ParamIter<'a> {
 
 /// Finds parameter `name` (case-insensitive) in a `;a=b;c` string.
 pub fn find_param<'a>(s: &'a [u8], name: &str) -> Option<Option<&'a [u8]>> {
-    params(s).find(|(n, _)| n.eq_ignore_ascii_case(name.as_bytes())).map(|(_, v)| v)
+    params(s)
+        .find(|(n, _)| n.eq_ignore_ascii_case(name.as_bytes()))
+        .map(|(_, v)| v)
 }
 
 /// Strips surrounding quotes (escapes are left in; callers that need them resolved compare
@@ -248,7 +257,11 @@ pub fn parse_u32(s: &[u8], saturate: bool) -> Result<u32, FieldError> {
     for &d in s {
         v = v * 10 + (d - b'0') as u64;
         if v > u32::MAX as u64 {
-            return if saturate { Ok(u32::MAX) } else { Err(FieldError::Number) };
+            return if saturate {
+                Ok(u32::MAX)
+            } else {
+                Err(FieldError::Number)
+            };
         }
     }
     Ok(v as u32)
@@ -294,7 +307,10 @@ impl<'a> Via<'a> {
             return Err(FieldError::Via);
         }
         let rest = trim(rest);
-        let hp_end = rest.iter().position(|&c| c == b';' || is_lws(c)).unwrap_or(rest.len());
+        let hp_end = rest
+            .iter()
+            .position(|&c| c == b';' || is_lws(c))
+            .unwrap_or(rest.len());
         let (host, port) = split_hostport(&rest[..hp_end]).ok_or(FieldError::Via)?;
         if host.is_empty() {
             return Err(FieldError::Via);
@@ -322,9 +338,10 @@ impl<'a> Via<'a> {
             } else if n.eq_ignore_ascii_case(b"rport") {
                 via.rport = Some(match v {
                     None => None,
-                    Some(p) => {
-                        Some(u16::try_from(parse_u32(p, false).map_err(|_| FieldError::Via)?).map_err(|_| FieldError::Via)?)
-                    }
+                    Some(p) => Some(
+                        u16::try_from(parse_u32(p, false).map_err(|_| FieldError::Via)?)
+                            .map_err(|_| FieldError::Via)?,
+                    ),
                 });
             } else if n.eq_ignore_ascii_case(b"received") {
                 via.received = v;
@@ -338,7 +355,8 @@ impl<'a> Via<'a> {
 
     /// True for an RFC 3261 branch (magic cookie), i.e. usable as a transaction key.
     pub fn has_rfc3261_branch(&self) -> bool {
-        self.branch.is_some_and(|b| b.len() > 7 && b[..7].eq_ignore_ascii_case(b"z9hG4bK"))
+        self.branch
+            .is_some_and(|b| b.len() > 7 && b[..7].eq_ignore_ascii_case(b"z9hG4bK"))
     }
 }
 
@@ -375,7 +393,9 @@ impl<'a> NameAddr<'a> {
                 if !d.iter().all(|&c| is_token_char(c) || is_lws(c)) {
                     return Err(FieldError::DisplayName);
                 }
-                if memchr::memchr(b'"', &s[lt..]).is_some() && memchr::memchr(b'>', &s[lt..]).is_none() {
+                if memchr::memchr(b'"', &s[lt..]).is_some()
+                    && memchr::memchr(b'>', &s[lt..]).is_none()
+                {
                     return Err(FieldError::UnbalancedQuote);
                 }
                 Self::angle(if d.is_empty() { None } else { Some(d) }, &s[lt..])
@@ -386,19 +406,30 @@ impl<'a> NameAddr<'a> {
                 }
                 // addr-spec form: the first ';' ends the URI and starts header params
                 // (RFC 3261 §20.10 — which is why such URIs cannot carry URI params).
-                let end = s.iter().position(|&c| c == b';' || is_lws(c)).unwrap_or(s.len());
+                let end = s
+                    .iter()
+                    .position(|&c| c == b';' || is_lws(c))
+                    .unwrap_or(s.len());
                 let uri = &s[..end];
                 let params = trim(&s[end..]);
                 // An addr-spec that contains '?' (URI headers) or ',' must be in <>
                 // (RFC 3261 §20.10; RFC 4475 §3.1.2.10 regbadct).
-                if uri.is_empty() || memchr::memchr(b'?', uri).is_some() || memchr::memchr(b',', uri).is_some() {
+                if uri.is_empty()
+                    || memchr::memchr(b'?', uri).is_some()
+                    || memchr::memchr(b',', uri).is_some()
+                {
                     return Err(FieldError::NameAddr);
                 }
                 if !params.is_empty() && params[0] != b';' {
                     // e.g. "sip:a@b junk": RFC 4475 §3.1.2.12 badaspec-like.
                     return Err(FieldError::NameAddr);
                 }
-                Ok(NameAddr { display: None, uri, angle: false, params })
+                Ok(NameAddr {
+                    display: None,
+                    uri,
+                    angle: false,
+                    params,
+                })
             }
         }
     }
@@ -417,7 +448,12 @@ impl<'a> NameAddr<'a> {
         if !params.is_empty() && params[0] != b';' {
             return Err(FieldError::NameAddr);
         }
-        Ok(NameAddr { display, uri, angle: true, params })
+        Ok(NameAddr {
+            display,
+            uri,
+            angle: true,
+            params,
+        })
     }
 
     pub fn param(&self, name: &str) -> Option<Option<&'a [u8]>> {
@@ -471,14 +507,29 @@ mod tests {
     fn list_split_respects_quotes_and_brackets() {
         let v: Vec<_> =
             split_list(br#""Doe, John" <sip:j@x;a=b,c>;q=0.5 , <sip:k@y>,,sip:z@w"#).collect();
-        assert_eq!(v, vec![&br#""Doe, John" <sip:j@x;a=b,c>;q=0.5"#[..], b"<sip:k@y>", b"sip:z@w"]);
+        assert_eq!(
+            v,
+            vec![
+                &br#""Doe, John" <sip:j@x;a=b,c>;q=0.5"#[..],
+                b"<sip:k@y>",
+                b"sip:z@w"
+            ]
+        );
         assert_eq!(split_list(b"  ").count(), 0);
     }
 
     #[test]
     fn params_with_lws_and_quotes() {
         let p: Vec<_> = params(br#" ; a = 1 ;b; c="x;y" ;"#).collect();
-        assert_eq!(p, vec![(&b"a"[..], Some(&b"1"[..])), (b"b", None), (b"c", Some(&br#""x;y""#[..])), (b"", None)]);
+        assert_eq!(
+            p,
+            vec![
+                (&b"a"[..], Some(&b"1"[..])),
+                (b"b", None),
+                (b"c", Some(&br#""x;y""#[..])),
+                (b"", None)
+            ]
+        );
         let mut bad = params(b"junk");
         assert!(bad.next().is_none() && bad.error);
         assert_eq!(unquote(br#""abc""#), b"abc");
@@ -486,7 +537,10 @@ mod tests {
 
     #[test]
     fn via_with_odd_spacing_and_rport() {
-        let v = Via::parse(b"SIP  /   2.0  / UDP  192.0.2.2:5062 ;branch=z9hG4bK-1;rport;received=10.0.0.1").unwrap();
+        let v = Via::parse(
+            b"SIP  /   2.0  / UDP  192.0.2.2:5062 ;branch=z9hG4bK-1;rport;received=10.0.0.1",
+        )
+        .unwrap();
         assert_eq!(v.transport, b"UDP");
         assert_eq!(v.host, b"192.0.2.2");
         assert_eq!(v.port, Some(5062));
@@ -497,15 +551,26 @@ mod tests {
         let v6 = Via::parse(b"SIP/2.0/TCP [2001:db8::9]:5070;rport=5071").unwrap();
         assert_eq!(v6.host, b"[2001:db8::9]");
         assert_eq!(v6.rport, Some(Some(5071)));
-        assert!(Via::parse(b"SIP/7.0/UDP host;branch=z9hG4bKx").is_ok(), "version is the request line's business");
-        for bad in [&b"SIP/2.0 UDP host"[..], b"SIP/2.0/UDP", b"SIP/2.0/UDP host:99999", b"SIP/2.0/UDP host;rport=x", b"SIP/2.0/UDP 192.0.2.15;;", b"SIP/2.0/UDP h;branch=z9hG4bK1;"] {
+        assert!(
+            Via::parse(b"SIP/7.0/UDP host;branch=z9hG4bKx").is_ok(),
+            "version is the request line's business"
+        );
+        for bad in [
+            &b"SIP/2.0 UDP host"[..],
+            b"SIP/2.0/UDP",
+            b"SIP/2.0/UDP host:99999",
+            b"SIP/2.0/UDP host;rport=x",
+            b"SIP/2.0/UDP 192.0.2.15;;",
+            b"SIP/2.0/UDP h;branch=z9hG4bK1;",
+        ] {
             assert!(Via::parse(bad).is_err(), "{}", String::from_utf8_lossy(bad));
         }
     }
 
     #[test]
     fn name_addr_forms() {
-        let n = NameAddr::parse(br#""Alice \"A\"" <sip:alice@example.test;transport=udp>;tag=abc"#).unwrap();
+        let n = NameAddr::parse(br#""Alice \"A\"" <sip:alice@example.test;transport=udp>;tag=abc"#)
+            .unwrap();
         assert!(n.angle);
         assert_eq!(n.uri, b"sip:alice@example.test;transport=udp");
         assert_eq!(n.tag(), Some(&b"abc"[..]));
@@ -515,9 +580,17 @@ mod tests {
         assert_eq!(n.uri, b"sip:carol@x");
         assert_eq!(n.param("EXPIRES"), Some(Some(&b"60"[..])));
         assert!(n.params_ok());
-        assert!(!NameAddr::parse(br#""Joe" <sip:joe@example.org>;;;;"#).unwrap().params_ok());
-        assert_eq!(NameAddr::parse(br#""Mr. J. User <sip:j.user@example.com>"#), Err(FieldError::UnbalancedQuote));
-        assert_eq!(NameAddr::parse(b"Bell, Alexander <sip:a.g.bell@example.com>"), Err(FieldError::DisplayName));
+        assert!(!NameAddr::parse(br#""Joe" <sip:joe@example.org>;;;;"#)
+            .unwrap()
+            .params_ok());
+        assert_eq!(
+            NameAddr::parse(br#""Mr. J. User <sip:j.user@example.com>"#),
+            Err(FieldError::UnbalancedQuote)
+        );
+        assert_eq!(
+            NameAddr::parse(b"Bell, Alexander <sip:a.g.bell@example.com>"),
+            Err(FieldError::DisplayName)
+        );
         assert!(NameAddr::parse(b"\"Watson, Thomas\" < sip:t.watson@example.org >").is_err());
         assert!(NameAddr::parse(b"sip:user@example.com?Route=%3Csip:sip.example.com%3E").is_err());
         assert!(NameAddr::parse(b"<sip:x@y").is_err());
@@ -525,7 +598,13 @@ mod tests {
 
     #[test]
     fn cseq_and_numbers() {
-        assert_eq!(CSeq::parse(b" 42  REGISTER ").unwrap(), CSeq { seq: 42, method: b"REGISTER" });
+        assert_eq!(
+            CSeq::parse(b" 42  REGISTER ").unwrap(),
+            CSeq {
+                seq: 42,
+                method: b"REGISTER"
+            }
+        );
         assert!(CSeq::parse(b"9292394834772304023312 OPTIONS").is_err());
         assert!(CSeq::parse(b"2147483648 OPTIONS").is_err());
         assert!(CSeq::parse(b"-1 INVITE").is_err());

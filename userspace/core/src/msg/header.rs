@@ -180,7 +180,15 @@ impl HeaderName {
         use HeaderName::*;
         matches!(
             self,
-            Via | Contact | Route | RecordRoute | Path | Require | ProxyRequire | Supported | Unsupported | AllowEvents
+            Via | Contact
+                | Route
+                | RecordRoute
+                | Path
+                | Require
+                | ProxyRequire
+                | Supported
+                | Unsupported
+                | AllowEvents
         )
     }
 
@@ -274,7 +282,18 @@ mod tests {
 
     #[test]
     fn canonical_round_trips() {
-        for h in [Via, From, To, CallId, CSeq, Contact, Expires, MinExpires, Path, Unsupported] {
+        for h in [
+            Via,
+            From,
+            To,
+            CallId,
+            CSeq,
+            Contact,
+            Expires,
+            MinExpires,
+            Path,
+            Unsupported,
+        ] {
             assert_eq!(HeaderName::from_bytes(h.canonical().as_bytes()), h);
         }
     }

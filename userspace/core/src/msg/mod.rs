@@ -154,8 +154,15 @@ impl Method {
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum StartLine<'a> {
-    Request { method: Method, method_raw: &'a [u8], uri: &'a [u8] },
-    Response { code: u16, reason: &'a [u8] },
+    Request {
+        method: Method,
+        method_raw: &'a [u8],
+        uri: &'a [u8],
+    },
+    Response {
+        code: u16,
+        reason: &'a [u8],
+    },
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -282,7 +289,10 @@ pub fn parse<'a>(data: &'a [u8], scratch: &'a mut Vec<u8>) -> Result<Message<'a>
         None => avail,
     };
 
-    msg.top_via = msg.header(HeaderName::Via).and_then(first_list_item).and_then(|v| Via::parse(v).ok());
+    msg.top_via = msg
+        .header(HeaderName::Via)
+        .and_then(first_list_item)
+        .and_then(|v| Via::parse(v).ok());
     if is_request {
         match msg.validate_hot() {
             Ok(h) => msg.hot = Some(h),
@@ -298,7 +308,6 @@ pub fn parse<'a>(data: &'a [u8], scratch: &'a mut Vec<u8>) -> Result<Message<'a>
     msg.defect = defect;
     Ok(msg)
 }
-
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum ScanError {
@@ -355,7 +364,11 @@ fn first_list_item(v: &[u8]) -> Option<&[u8]> {
 impl<'a> Message<'a> {
     /// Header lines from `pos` to the empty line, in one pass: one memchr per line, names
     /// checked with a lookup table. Returns the body start and the Content-Length.
-    fn scan_headers(&mut self, buf: &'a [u8], mut pos: usize) -> Result<(usize, Option<usize>), ScanError> {
+    fn scan_headers(
+        &mut self,
+        buf: &'a [u8],
+        mut pos: usize,
+    ) -> Result<(usize, Option<usize>), ScanError> {
         let is_request = self.is_request();
         let mut content_length: Option<usize> = None;
         let mut defect = self.defect;
@@ -402,7 +415,10 @@ impl<'a> Message<'a> {
                 } else if name.is_singleton() && is_request {
                     defect = defect.or(Some(Defect::DuplicateHeader(name)));
                 }
-            } else if name.is_singleton() && is_request && self.headers.iter().any(|h| h.name == name) {
+            } else if name.is_singleton()
+                && is_request
+                && self.headers.iter().any(|h| h.name == name)
+            {
                 defect = defect.or(Some(Defect::DuplicateHeader(name)));
             }
             if name == HeaderName::ContentLength {
@@ -415,7 +431,11 @@ impl<'a> Message<'a> {
                     Err(_) => defect = defect.or(Some(Defect::BadContentLength)),
                 }
             }
-            self.headers.push(Header { name, raw_name, value });
+            self.headers.push(Header {
+                name,
+                raw_name,
+                value,
+            });
         };
         self.defect = defect;
         Ok((body_start, content_length))
@@ -430,10 +450,14 @@ fn parse_start_line(line: &[u8]) -> Result<(StartLine<'_>, Option<Defect>), Pars
             return Err(ParseError::BadStatusLine);
         }
         let rest = &line[sp + 1..];
-        if rest.len() < 3 || !rest[..3].iter().all(u8::is_ascii_digit) || rest.get(3).is_some_and(|&c| c != b' ') {
+        if rest.len() < 3
+            || !rest[..3].iter().all(u8::is_ascii_digit)
+            || rest.get(3).is_some_and(|&c| c != b' ')
+        {
             return Err(ParseError::BadStatusLine);
         }
-        let code = (rest[0] - b'0') as u16 * 100 + (rest[1] - b'0') as u16 * 10 + (rest[2] - b'0') as u16;
+        let code =
+            (rest[0] - b'0') as u16 * 100 + (rest[1] - b'0') as u16 * 10 + (rest[2] - b'0') as u16;
         // RFC 4475 §3.1.2.? bigcode: codes above 699 are invalid.
         if !(100..=699).contains(&code) {
             return Err(ParseError::BadStatusLine);
@@ -459,13 +483,22 @@ fn parse_start_line(line: &[u8]) -> Result<(StartLine<'_>, Option<Defect>), Pars
     if uri.is_empty() || uri.iter().any(|&c| is_lws(c)) || version.is_empty() {
         defect = Some(Defect::BadRequestLine);
     } else if !version.eq_ignore_ascii_case(b"SIP/2.0") {
-        defect = Some(if version.len() > 4 && version[..4].eq_ignore_ascii_case(b"SIP/") {
-            Defect::VersionNotSupported
-        } else {
-            Defect::BadRequestLine
-        });
+        defect = Some(
+            if version.len() > 4 && version[..4].eq_ignore_ascii_case(b"SIP/") {
+                Defect::VersionNotSupported
+            } else {
+                Defect::BadRequestLine
+            },
+        );
     }
-    Ok((StartLine::Request { method, method_raw, uri: trim(uri) }, defect))
+    Ok((
+        StartLine::Request {
+            method,
+            method_raw,
+            uri: trim(uri),
+        },
+        defect,
+    ))
 }
 
 impl<'a> Message<'a> {
@@ -505,12 +538,18 @@ impl<'a> Message<'a> {
             let i = self.first[slot];
             return (i != u8::MAX).then(|| self.headers[i as usize].value);
         }
-        self.headers.iter().find(|h| h.name == name).map(|h| h.value)
+        self.headers
+            .iter()
+            .find(|h| h.name == name)
+            .map(|h| h.value)
     }
 
     /// Every line of header `name`, in order (not split on commas).
     pub fn header_lines(&self, name: HeaderName) -> impl Iterator<Item = &'a [u8]> + '_ {
-        self.headers.iter().filter(move |h| h.name == name).map(|h| h.value)
+        self.headers
+            .iter()
+            .filter(move |h| h.name == name)
+            .map(|h| h.value)
     }
 
     /// Every element of list header `name` across all its lines (RFC 3261 §7.3.1).
@@ -521,7 +560,9 @@ impl<'a> Message<'a> {
     /// The Expires header value (delta-seconds, saturating); `Err` when present but not
     /// a number.
     pub fn expires(&self) -> Result<Option<u32>, fields::FieldError> {
-        self.header(HeaderName::Expires).map(|v| fields::parse_u32(v, true)).transpose()
+        self.header(HeaderName::Expires)
+            .map(|v| fields::parse_u32(v, true))
+            .transpose()
     }
 
     /// Finds, validates and parses the fields every request/response needs.
@@ -529,7 +570,9 @@ impl<'a> Message<'a> {
         use HeaderName as H;
         let need = |h: HeaderName| self.header(h).ok_or(Defect::MissingHeader(h));
         need(H::Via)?;
-        let via = self.top_via.ok_or(Defect::BadHeader(H::Via, fields::FieldError::Via))?;
+        let via = self
+            .top_via
+            .ok_or(Defect::BadHeader(H::Via, fields::FieldError::Via))?;
         let parse_na = |h: HeaderName| -> Result<NameAddr<'a>, Defect> {
             let v = need(h)?;
             let na = NameAddr::parse(v).map_err(|e| Defect::BadHeader(h, e))?;
@@ -555,16 +598,27 @@ impl<'a> Message<'a> {
         let max_forwards = match self.header(H::MaxForwards) {
             None => None,
             Some(v) => {
-                let n = fields::parse_u32(v, false).map_err(|e| Defect::BadHeader(H::MaxForwards, e))?;
+                let n = fields::parse_u32(v, false)
+                    .map_err(|e| Defect::BadHeader(H::MaxForwards, e))?;
                 if n > 255 {
                     // Max-Forwards is 0-255 in practice (RFC 3261 §20.22 allows 1*DIGIT,
                     // RFC 4475 §3.1.2.? scalarlg treats huge values as invalid).
-                    return Err(Defect::BadHeader(H::MaxForwards, fields::FieldError::Number));
+                    return Err(Defect::BadHeader(
+                        H::MaxForwards,
+                        fields::FieldError::Number,
+                    ));
                 }
                 Some(n)
             }
         };
-        Ok(Hot { via, from, to, call_id, cseq, max_forwards })
+        Ok(Hot {
+            via,
+            from,
+            to,
+            call_id,
+            cseq,
+            max_forwards,
+        })
     }
 }
 
@@ -652,10 +706,19 @@ l: 4\r\n\r\nbodyEXTRA";
         let m = p(b"SIP/2.0 200 OK\r\nVia: SIP/2.0/UDP h;branch=z9hG4bK1\r\nFrom: <sip:a@b>;tag=1\r\nTo: <sip:x@y>;tag=2\r\nCall-ID: c\r\nCSeq: 1 OPTIONS\r\nContent-Length: 0\r\n\r\n");
         assert_eq!(m.status(), Some(200));
         let mut s = Vec::new();
-        assert_eq!(parse(b"SIP/2.0 900 Weird\r\n\r\n", &mut s).unwrap_err(), ParseError::BadStatusLine);
-        assert_eq!(parse(b"\r\n\r\n", &mut s).unwrap_err(), ParseError::KeepAlive);
+        assert_eq!(
+            parse(b"SIP/2.0 900 Weird\r\n\r\n", &mut s).unwrap_err(),
+            ParseError::BadStatusLine
+        );
+        assert_eq!(
+            parse(b"\r\n\r\n", &mut s).unwrap_err(),
+            ParseError::KeepAlive
+        );
         assert_eq!(parse(b"hello", &mut s).unwrap_err(), ParseError::Truncated);
-        assert_eq!(parse(b"\x00\x01 junk\r\n\r\n", &mut s).unwrap_err(), ParseError::BadStartLine);
+        assert_eq!(
+            parse(b"\x00\x01 junk\r\n\r\n", &mut s).unwrap_err(),
+            ParseError::BadStartLine
+        );
     }
 
     #[test]

@@ -88,7 +88,15 @@ fn valid_host(h: &[u8]) -> bool {
     // leading '-' per label, which we tolerate (real devices send odd names; being strict
     // here rejects phones, not attacks).
     // (HOST admits a few more unreserved marks; `_` appears in real host names.)
-    h.iter().all(|&c| HOST[c as usize] && c != b'(' && c != b')' && c != b'\'' && c != b'*' && c != b'!' && c != b'~')
+    h.iter().all(|&c| {
+        HOST[c as usize]
+            && c != b'('
+            && c != b')'
+            && c != b'\''
+            && c != b'*'
+            && c != b'!'
+            && c != b'~'
+    })
 }
 
 impl<'a> Uri<'a> {
@@ -100,7 +108,9 @@ impl<'a> Uri<'a> {
         let scheme_raw = &raw[..colon];
         if scheme_raw.is_empty()
             || !scheme_raw[0].is_ascii_alphabetic()
-            || !scheme_raw.iter().all(|&c| c.is_ascii_alphanumeric() || matches!(c, b'+' | b'-' | b'.'))
+            || !scheme_raw
+                .iter()
+                .all(|&c| c.is_ascii_alphanumeric() || matches!(c, b'+' | b'-' | b'.'))
         {
             return Err(UriError::BadScheme);
         }
@@ -117,13 +127,25 @@ impl<'a> Uri<'a> {
         if !matches!(scheme, Scheme::Sip | Scheme::Sips) {
             // No URI of any scheme contains raw whitespace, controls, angle brackets or
             // quotes. (SIP URIs are checked component by component below.)
-            if rest.iter().any(|&c| c <= b' ' || c == 0x7f || c == b'<' || c == b'>' || c == b'"') {
+            if rest
+                .iter()
+                .any(|&c| c <= b' ' || c == 0x7f || c == b'<' || c == b'>' || c == b'"')
+            {
                 return Err(UriError::BadParams);
             }
             if rest.is_empty() {
                 return Err(UriError::BadScheme);
             }
-            return Ok(Uri { raw, scheme, user: None, password: None, host: b"", port: None, params: b"", headers: b"" });
+            return Ok(Uri {
+                raw,
+                scheme,
+                user: None,
+                password: None,
+                host: b"",
+                port: None,
+                params: b"",
+                headers: b"",
+            });
         }
         // userinfo ends at the first '@': neither params nor headers may contain a raw '@'
         // (§25.1 paramchar / hvalue), while the user part may contain ';' and '?'.
@@ -145,7 +167,10 @@ impl<'a> Uri<'a> {
             }
             None => (None, None, rest),
         };
-        let hp_end = hostpart.iter().position(|&c| c == b';' || c == b'?').unwrap_or(hostpart.len());
+        let hp_end = hostpart
+            .iter()
+            .position(|&c| c == b';' || c == b'?')
+            .unwrap_or(hostpart.len());
         let hostport = &hostpart[..hp_end];
         let (host, port) = split_hostport(hostport).ok_or(UriError::BadHost)?;
         if !valid_host(host) {
@@ -177,7 +202,16 @@ impl<'a> Uri<'a> {
             }
         }
         check_escaped(headers, &HEADERS).map_err(|_| UriError::BadParams)?;
-        Ok(Uri { raw, scheme, user, password, host, port, params, headers })
+        Ok(Uri {
+            raw,
+            scheme,
+            user,
+            password,
+            host,
+            port,
+            params,
+            headers,
+        })
     }
 
     pub fn is_sip(&self) -> bool {
@@ -186,15 +220,20 @@ impl<'a> Uri<'a> {
 
     /// URI parameters as (name, value) pairs; names as on the wire.
     pub fn params(&self) -> impl Iterator<Item = (&'a [u8], Option<&'a [u8]>)> {
-        self.params.split(|&c| c == b';').filter(|p| !p.is_empty()).map(|p| match memchr::memchr(b'=', p) {
-            Some(e) => (&p[..e], Some(&p[e + 1..])),
-            None => (p, None),
-        })
+        self.params
+            .split(|&c| c == b';')
+            .filter(|p| !p.is_empty())
+            .map(|p| match memchr::memchr(b'=', p) {
+                Some(e) => (&p[..e], Some(&p[e + 1..])),
+                None => (p, None),
+            })
     }
 
     /// The value of URI parameter `name` (case-insensitive); `Some(None)` for a flag.
     pub fn param(&self, name: &str) -> Option<Option<&'a [u8]>> {
-        self.params().find(|(n, _)| n.eq_ignore_ascii_case(name.as_bytes())).map(|(_, v)| v)
+        self.params()
+            .find(|(n, _)| n.eq_ignore_ascii_case(name.as_bytes()))
+            .map(|(_, v)| v)
     }
 
     /// Host without IPv6 brackets.
@@ -210,7 +249,11 @@ impl<'a> Uri<'a> {
     /// Canonical address-of-record (RFC 3261 §10.3 step 5): scheme, unescaped user, lower-case
     /// host and the port if one was given; all parameters and headers removed.
     pub fn write_aor(&self, out: &mut String) {
-        out.push_str(if self.scheme == Scheme::Sips { "sips:" } else { "sip:" });
+        out.push_str(if self.scheme == Scheme::Sips {
+            "sips:"
+        } else {
+            "sip:"
+        });
         if let Some(u) = self.user {
             unescape_into(u, out);
             out.push('@');
@@ -239,7 +282,11 @@ impl<'a> Uri<'a> {
             out.push_str(&String::from_utf8_lossy(self.raw));
             return;
         }
-        out.push_str(if self.scheme == Scheme::Sips { "sips:" } else { "sip:" });
+        out.push_str(if self.scheme == Scheme::Sips {
+            "sips:"
+        } else {
+            "sip:"
+        });
         if let Some(u) = self.user {
             unescape_into(u, out);
             if let Some(p) = self.password {
@@ -292,7 +339,9 @@ impl<'a> Uri<'a> {
         if !self.is_sip() {
             return self.raw.eq_ignore_ascii_case(other.raw);
         }
-        if !opt_eq_unescaped(self.user, other.user) || !opt_eq_unescaped(self.password, other.password) {
+        if !opt_eq_unescaped(self.user, other.user)
+            || !opt_eq_unescaped(self.password, other.password)
+        {
             return false;
         }
         if !self.host.eq_ignore_ascii_case(other.host) || self.port != other.port {
@@ -315,13 +364,27 @@ impl<'a> Uri<'a> {
             }
         }
         for (n, _) in other.params() {
-            if is_must_match_param(n) && self.param(std::str::from_utf8(n).unwrap_or("\u{0}")).is_none() {
+            if is_must_match_param(n)
+                && self
+                    .param(std::str::from_utf8(n).unwrap_or("\u{0}"))
+                    .is_none()
+            {
                 return false;
             }
         }
         // Header components are never ignored: every header must be present on both sides.
-        let mut a: Vec<String> = self.headers.split(|&c| c == b'&').filter(|h| !h.is_empty()).map(unescape).collect();
-        let mut b: Vec<String> = other.headers.split(|&c| c == b'&').filter(|h| !h.is_empty()).map(unescape).collect();
+        let mut a: Vec<String> = self
+            .headers
+            .split(|&c| c == b'&')
+            .filter(|h| !h.is_empty())
+            .map(unescape)
+            .collect();
+        let mut b: Vec<String> = other
+            .headers
+            .split(|&c| c == b'&')
+            .filter(|h| !h.is_empty())
+            .map(unescape)
+            .collect();
         a.sort_unstable();
         b.sort_unstable();
         a == b
@@ -329,7 +392,9 @@ impl<'a> Uri<'a> {
 }
 
 fn is_must_match_param(n: &[u8]) -> bool {
-    ["user", "ttl", "method", "maddr", "transport"].iter().any(|m| n.eq_ignore_ascii_case(m.as_bytes()))
+    ["user", "ttl", "method", "maddr", "transport"]
+        .iter()
+        .any(|m| n.eq_ignore_ascii_case(m.as_bytes()))
 }
 
 fn opt_eq_unescaped(a: Option<&[u8]>, b: Option<&[u8]>) -> bool {
@@ -454,9 +519,24 @@ mod tests {
     #[test]
     fn rejects_malformed() {
         for bad in [
-            "", "sip", ":x", "sip:", "sip:@host", "sip:user@", "sip:user@host:99999", "sip:user@host:5x",
-            "sip:a b@host", "sip:user@ho st", "sip:<user@host>", "sip:user@[::1", "sip:user@[zz::1]",
-            "sip:us%zzer@host", "sip:user@host;p=%4", "1sip:x@y", "sip:h;x=1;x=2", "sip:h;maddr=a;MADDR=b",
+            "",
+            "sip",
+            ":x",
+            "sip:",
+            "sip:@host",
+            "sip:user@",
+            "sip:user@host:99999",
+            "sip:user@host:5x",
+            "sip:a b@host",
+            "sip:user@ho st",
+            "sip:<user@host>",
+            "sip:user@[::1",
+            "sip:user@[zz::1]",
+            "sip:us%zzer@host",
+            "sip:user@host;p=%4",
+            "1sip:x@y",
+            "sip:h;x=1;x=2",
+            "sip:h;maddr=a;MADDR=b",
             "sip:h;;lr",
         ] {
             assert!(Uri::parse(bad.as_bytes()).is_err(), "{bad} should fail");
@@ -467,23 +547,44 @@ mod tests {
     #[test]
     fn rfc3261_19_1_4_examples() {
         let equal = [
-            ("sip:%61lice@atlanta.com;transport=TCP", "sip:alice@AtLanTa.CoM;Transport=tcp"),
+            (
+                "sip:%61lice@atlanta.com;transport=TCP",
+                "sip:alice@AtLanTa.CoM;Transport=tcp",
+            ),
             ("sip:carol@chicago.com", "sip:carol@chicago.com;newparam=5"),
             ("sip:carol@chicago.com", "sip:carol@chicago.com;security=on"),
-            ("sip:carol@chicago.com;newparam=5", "sip:carol@chicago.com;security=on"),
-            ("sip:biloxi.com;transport=tcp;method=REGISTER?to=sip:bob%40biloxi.com", "sip:biloxi.com;method=REGISTER;transport=tcp?to=sip:bob%40biloxi.com"),
-            ("sip:alice@atlanta.com?subject=project%20x&priority=urgent", "sip:alice@atlanta.com?priority=urgent&subject=project%20x"),
+            (
+                "sip:carol@chicago.com;newparam=5",
+                "sip:carol@chicago.com;security=on",
+            ),
+            (
+                "sip:biloxi.com;transport=tcp;method=REGISTER?to=sip:bob%40biloxi.com",
+                "sip:biloxi.com;method=REGISTER;transport=tcp?to=sip:bob%40biloxi.com",
+            ),
+            (
+                "sip:alice@atlanta.com?subject=project%20x&priority=urgent",
+                "sip:alice@atlanta.com?priority=urgent&subject=project%20x",
+            ),
         ];
         for (a, b) in equal {
             assert!(u(a).equals(&u(b)), "{a} == {b}");
             assert!(u(b).equals(&u(a)), "{b} == {a}");
         }
         let unequal = [
-            ("SIP:ALICE@AtLanTa.CoM;Transport=udp", "sip:alice@AtLanTa.CoM;Transport=UDP"),
+            (
+                "SIP:ALICE@AtLanTa.CoM;Transport=udp",
+                "sip:alice@AtLanTa.CoM;Transport=UDP",
+            ),
             ("sip:bob@biloxi.com", "sip:bob@biloxi.com:5060"),
             ("sip:bob@biloxi.com", "sip:bob@biloxi.com;transport=udp"),
-            ("sip:bob@biloxi.com", "sip:bob@biloxi.com:6000;transport=tcp"),
-            ("sip:carol@chicago.com", "sip:carol@chicago.com?Subject=next%20meeting"),
+            (
+                "sip:bob@biloxi.com",
+                "sip:bob@biloxi.com:6000;transport=tcp",
+            ),
+            (
+                "sip:carol@chicago.com",
+                "sip:carol@chicago.com?Subject=next%20meeting",
+            ),
             ("sip:bob@phone21.boxesbybob.com", "sip:bob@192.0.2.4"),
         ];
         for (a, b) in unequal {
@@ -506,8 +607,14 @@ mod tests {
 
     #[test]
     fn aor_is_canonical() {
-        assert_eq!(u("sip:%61lice@AtLanTa.CoM;transport=tcp?x=y").aor(), "sip:alice@atlanta.com");
-        assert_eq!(u("sips:bob@Example.test:5061;user=phone").aor(), "sips:bob@example.test:5061");
+        assert_eq!(
+            u("sip:%61lice@AtLanTa.CoM;transport=tcp?x=y").aor(),
+            "sip:alice@atlanta.com"
+        );
+        assert_eq!(
+            u("sips:bob@Example.test:5061;user=phone").aor(),
+            "sips:bob@example.test:5061"
+        );
         assert_eq!(u("sip:example.test").aor(), "sip:example.test");
     }
 
