@@ -17,9 +17,16 @@ if [ ${#missing[@]} -gt 0 ]; then
     log "apt-get install ${missing[*]}"
     export DEBIAN_FRONTEND=noninteractive
     apt-get update -qq
+    # The kamailio package would start a system service on port 5060; tests and benchmarks
+    # start their own instances. policy-rc.d (exit 101) tells Debian's maintainer scripts
+    # not to start services during this install; it is removed right after.
+    policy_created=0
+    if [ ! -e /usr/sbin/policy-rc.d ]; then
+      printf '#!/bin/sh\nexit 101\n' > /usr/sbin/policy-rc.d && chmod +x /usr/sbin/policy-rc.d && policy_created=1
+    fi
     apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
-    # The kamailio package starts a system service; we only want the binary.
-    systemctl disable --now kamailio >/dev/null 2>&1 || true
+    [ "$policy_created" = 1 ] && rm -f /usr/sbin/policy-rc.d
+    systemctl disable kamailio >/dev/null 2>&1 || true
   else
     log "not root: cannot install ${missing[*]}; tests needing them will say so"
   fi
