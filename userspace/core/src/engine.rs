@@ -59,6 +59,20 @@ pub struct Transmit {
     pub payload: Vec<u8>,
 }
 
+/// Something the daemon may act on, beyond datagrams to send.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Event {
+    /// A request carried credentials that failed verification (wrong response, unknown
+    /// user, replayed nonce count, wrong uri), or an authenticated user tried to register
+    /// an AOR that is not theirs. Repeated failures from one source are what the daemon
+    /// turns into a deny-list entry (XDP deny map in XDP mode).
+    AuthFailed { src: IpAddr },
+}
+
+/// Events a worker buffers before the oldest are dropped: the daemon drains them after each
+/// batch, so this only bounds memory if nobody does.
+const MAX_EVENTS: usize = 4096;
+
 /// Option tags we support (RFC 3261 §8.2.2.3): Path (RFC 3327) is stored and echoed.
 const SUPPORTED: &[&str] = &["path"];
 const ALLOW: &str = "INVITE, ACK, CANCEL, BYE, OPTIONS, REGISTER, MESSAGE, SUBSCRIBE, NOTIFY, INFO, UPDATE, PRACK, REFER";
@@ -254,6 +268,7 @@ pub struct Engine {
 struct Worker {
     stats: Arc<WorkerStats>,
     out: VecDeque<Transmit>,
+    events: VecDeque<Event>,
     scratch: Vec<u8>,
     bindings: Bindings,
     txns: TxnCache,
@@ -271,6 +286,7 @@ impl Engine {
             w: Worker {
                 stats: Arc::default(),
                 out: VecDeque::new(),
+                events: VecDeque::new(),
                 scratch: Vec::new(),
                 bindings: Bindings::new(),
                 txns: TxnCache::new(seed),
@@ -319,6 +335,11 @@ impl Engine {
         self.w.out.pop_front()
     }
 
+    /// The next event (see [`Event`]), in order.
+    pub fn poll_event(&mut self) -> Option<Event> {
+        self.w.events.pop_front()
+    }
+
     pub fn poll_timeout(&self) -> Option<Millis> {
         self.w.txns.next_expiry()
     }
@@ -357,6 +378,13 @@ impl Worker {
             Err(_) => self.stats.inc(Counter::DropMalformed),
         }
         self.scratch = scratch;
+    }
+
+    fn event(&mut self, e: Event) {
+        if self.events.len() >= MAX_EVENTS {
+            self.events.pop_front();
+        }
+        self.events.push_back(e);
     }
 
     fn send(&mut self, dst: SocketAddr, local: SocketAddr, payload: Vec<u8>) {
@@ -645,6 +673,7 @@ impl Worker {
                     let to_user = aor_user(&aor);
                     if to_user != username {
                         self.stats.inc(Counter::AuthFailures);
+                        self.event(Event::AuthFailed { src: src.ip() });
                         fail(self);
                         self.reply(
                             now,
@@ -667,7 +696,10 @@ impl Worker {
                     match other {
                         AuthOutcome::Stale => self.stats.inc(Counter::AuthStale),
                         AuthOutcome::Failed(FailReason::BadNonce) | AuthOutcome::NoCredentials => {}
-                        AuthOutcome::Failed(_) => self.stats.inc(Counter::AuthFailures),
+                        AuthOutcome::Failed(_) => {
+                            self.stats.inc(Counter::AuthFailures);
+                            self.event(Event::AuthFailed { src: src.ip() });
+                        }
                         _ => {}
                     }
                     self.stats.inc(Counter::AuthChallenges);

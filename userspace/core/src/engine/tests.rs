@@ -395,6 +395,17 @@ fn digest_wrong_password_is_rechallenged_and_nothing_stored() {
     assert_eq!(code(&auth_register(&mut e, T0, "alice", "wrong", 0)), 401);
     assert_eq!(e.shared().registrar().binding_count(), 0);
     assert_eq!(e.stats().get(Counter::AuthFailures), 1);
+    assert_eq!(
+        e.poll_event(),
+        Some(Event::AuthFailed {
+            src: sa(PHONE).ip()
+        })
+    );
+    assert_eq!(
+        e.poll_event(),
+        None,
+        "the first, credential-less attempt is no failure"
+    );
 }
 
 #[test]
