@@ -985,7 +985,7 @@ impl Worker {
                 ));
             }
         });
-        let Some((contact, dst, path)) = target else {
+        let Some((contact, source, path)) = target else {
             if method == Method::Ack {
                 return;
             }
@@ -998,6 +998,7 @@ impl Worker {
             }
             return;
         };
+        let dst = next_hop(&contact, source);
         // §16.6: copy, new Request-URI, Route from the stored Path, Max-Forwards - 1, our Via.
         let mut out = Vec::with_capacity(m.body.len() + 1024);
         let StartLine::Request { method_raw, .. } = m.start else {
@@ -1155,6 +1156,44 @@ impl Worker {
         self.stats.inc(Counter::RelayedResponses);
         self.send(SocketAddr::new(ip, port), local, out);
     }
+}
+
+/// Where a request for a binding goes (RFC 3261 §16.6 step 6 / §16.11: the Contact is the
+/// new Request-URI and its host:port the next hop). Two SBC exceptions, both sending to the
+/// address the REGISTER came from instead: a Contact host that is a name (resolving it, RFC
+/// 3263, is not the core's job; the phone's flow is the best route anyway), and a Contact
+/// with a private, shared (CGNAT) or link-local address different from that source — the
+/// phone is behind NAT and its Contact is unreachable (what Kamailio's `fix_nated_register`
+/// handles).
+fn next_hop(contact: &str, source: SocketAddr) -> SocketAddr {
+    let Ok(uri) = Uri::parse(contact.as_bytes()) else {
+        return source;
+    };
+    let Some(ip) = std::str::from_utf8(uri.host_bare())
+        .ok()
+        .and_then(|h| h.parse::<IpAddr>().ok())
+    else {
+        return source;
+    };
+    let behind_nat = ip != source.ip()
+        && match ip {
+            IpAddr::V4(v4) => {
+                let o = v4.octets();
+                v4.is_private() || v4.is_link_local() || (o[0] == 100 && (o[1] & 0xc0) == 64)
+            }
+            IpAddr::V6(v6) => {
+                (v6.segments()[0] & 0xfe00) == 0xfc00 || (v6.segments()[0] & 0xffc0) == 0xfe80
+            }
+        };
+    if behind_nat || ip.is_unspecified() {
+        return source;
+    }
+    let default_port = if uri.scheme == Scheme::Sips {
+        5061
+    } else {
+        5060
+    };
+    SocketAddr::new(ip, uri.port.unwrap_or(default_port))
 }
 
 /// Canonical AOR with our domain name substituted when the host is one of our aliases, so

@@ -541,6 +541,50 @@ From: <sip:bob@example.test>;tag=b1\r\nTo: <sip:alice@example.test>;tag=a9\r\nCa
 }
 
 #[test]
+fn next_hop_is_the_contact_unless_the_phone_is_behind_nat() {
+    let src = sa("203.0.113.9:61000");
+    assert_eq!(
+        next_hop("sip:a@198.51.100.7:5070", src),
+        sa("198.51.100.7:5070")
+    );
+    assert_eq!(next_hop("sip:a@198.51.100.7", src), sa("198.51.100.7:5060"));
+    assert_eq!(
+        next_hop("sips:a@[2001:db8::1]", src),
+        sa("[2001:db8::1]:5061")
+    );
+    // Private / CGNAT / link-local contact from another address: NAT, use the flow.
+    for c in [
+        "sip:a@192.168.1.20:5060",
+        "sip:a@10.1.2.3",
+        "sip:a@100.64.0.5",
+        "sip:a@169.254.1.1",
+        "sip:a@[fd00::1]",
+    ] {
+        assert_eq!(next_hop(c, src), src, "{c}");
+    }
+    // A private contact that is the source itself is reachable as is.
+    assert_eq!(
+        next_hop("sip:a@10.0.0.5:5062", sa("10.0.0.5:5062")),
+        sa("10.0.0.5:5062")
+    );
+    // Host names are not resolved here.
+    assert_eq!(next_hop("sip:a@phone.example.test", src), src);
+}
+
+#[test]
+fn call_goes_to_the_registered_contact_not_the_registering_socket() {
+    let mut e = engine(false);
+    let mut r = Req::register("alice", "c1");
+    r.contacts = vec!["<sip:alice@127.0.0.20:5099>".into()];
+    assert_eq!(code(&one(&mut e, T0, PHONE, &r.bytes())), 200);
+    let inv = b"INVITE sip:alice@example.test SIP/2.0\r\nVia: SIP/2.0/UDP 127.0.0.11:40002;branch=z9hG4bKc2;rport\r\n\
+From: <sip:bob@example.test>;tag=b\r\nTo: <sip:alice@example.test>\r\nCall-ID: c2\r\nCSeq: 1 INVITE\r\nContent-Length: 0\r\n\r\n";
+    let out = exchange(&mut e, T0, PHONE2, inv);
+    assert_eq!(out.len(), 1);
+    assert_eq!(out[0].dst, sa("127.0.0.20:5099"));
+}
+
+#[test]
 fn options_to_server_and_malformed_requests() {
     let mut e = engine(false);
     let opts = b"OPTIONS sip:example.test SIP/2.0\r\nVia: SIP/2.0/UDP 127.0.0.10:40000;branch=z9hG4bKo1\r\n\
