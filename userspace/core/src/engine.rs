@@ -998,7 +998,12 @@ impl Worker {
             }
             return;
         };
-        let dst = next_hop(&contact, source);
+        // RFC 3327 §5.4: with a stored Path the request goes to its first hop (loose route).
+        let first_path_uri = path
+            .first()
+            .and_then(|p| NameAddr::parse(p.as_bytes()).ok())
+            .and_then(|n| std::str::from_utf8(n.uri).ok().map(str::to_string));
+        let dst = next_hop(first_path_uri.as_deref().unwrap_or(&contact), source);
         // §16.6: copy, new Request-URI, Route from the stored Path, Max-Forwards - 1, our Via.
         let mut out = Vec::with_capacity(m.body.len() + 1024);
         let StartLine::Request { method_raw, .. } = m.start else {

@@ -582,6 +582,25 @@ From: <sip:bob@example.test>;tag=b\r\nTo: <sip:alice@example.test>\r\nCall-ID: c
     let out = exchange(&mut e, T0, PHONE2, inv);
     assert_eq!(out.len(), 1);
     assert_eq!(out[0].dst, sa("127.0.0.20:5099"));
+
+    // Registered through an edge proxy that added Path: calls go via that proxy.
+    let mut r = Req::register("bob", "c3");
+    r.extra = vec!["Path: <sip:edge.example.net@127.0.0.30:5080;lr>".into()];
+    let resp = one(&mut e, T0, PHONE, &r.bytes());
+    assert!(
+        resp.contains("Path: <sip:edge.example.net@127.0.0.30:5080;lr>"),
+        "Path echoed: {resp}"
+    );
+    let inv_bob = String::from_utf8_lossy(inv)
+        .replace("alice@example.test", "bob@example.test")
+        .replace("z9hG4bKc2", "z9hG4bKc4");
+    let out = exchange(&mut e, T0, PHONE2, inv_bob.as_bytes());
+    assert_eq!(out[0].dst, sa("127.0.0.30:5080"));
+    let fwd = String::from_utf8_lossy(&out[0].payload);
+    assert!(
+        fwd.contains("Route: <sip:edge.example.net@127.0.0.30:5080;lr>\r\n"),
+        "{fwd}"
+    );
 }
 
 #[test]
