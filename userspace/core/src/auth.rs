@@ -810,9 +810,12 @@ fn next_salt() -> u64 {
 // ---------------------------------------------------------------------------------------------
 
 /// Total number of nonces whose nonce-count window is remembered (all shards together).
-/// Per shard (1024 entries) the map rounds up to 2048 buckets of 33 bytes and the insertion
-/// queue holds 16 bytes per entry: about 83 KiB, so about 5.3 MiB for all 64 shards, at most.
-pub const REPLAY_CAPACITY: usize = 65_536;
+/// About 83 bytes per tracked nonce (hash map bucket pair + insertion queue), allocated on
+/// demand: up to ~85 MiB when full. Sized for a storm: every phone that registered within
+/// the nonce TTL keeps its cached nonce usable for its refresh (nc+1). With 65,536 the
+/// storm benchmark's 100k-user refresh run saw every refresh re-challenged (the evicted
+/// nonces come back as stale), which made refreshes cost a second round trip.
+pub const REPLAY_CAPACITY: usize = 1 << 20;
 const REPLAY_SHARDS: usize = 64;
 /// nc values up to this far below the highest seen are accepted once each (UDP reordering).
 const REPLAY_WINDOW: u32 = 64;
