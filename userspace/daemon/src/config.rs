@@ -24,6 +24,8 @@ use turnstile_core::engine::EngineConfig;
 use turnstile_core::group::{AuthMode, GroupKind, GroupTable, IpGroup, Unclassified};
 use turnstile_core::registrar::RegistrarConfig;
 
+use crate::deny::DenyPolicy;
+
 /// Default SIP port when nothing else is said.
 pub const DEFAULT_QUEUE_DEPTH: usize = 4096;
 const MAX_QUEUE_DEPTH: i64 = 1_000_000;
@@ -182,6 +184,9 @@ struct RawAuth {
     algorithms: Option<S<Vec<S<String>>>>,
     nonce_ttl: Option<S<i64>>,
     realm: Option<S<String>>,
+    deny_after: Option<S<i64>>,
+    deny_window: Option<S<i64>>,
+    deny_seconds: Option<S<i64>>,
 }
 
 #[derive(Deserialize)]
@@ -330,6 +335,8 @@ pub struct Config {
     pub dataplane: Dataplane,
     pub registrar: RegistrarConfig,
     pub auth: Option<AuthSettings>,
+    /// `[auth] deny_after / deny_window / deny_seconds`; disabled without `[auth]`.
+    pub deny: DenyPolicy,
     pub groups: Vec<GroupSettings>,
     pub proxy_sets: Vec<ProxySet>,
     pub routes: Vec<Route>,
@@ -852,6 +859,30 @@ fn validate(c: &mut Collector, raw: RawConfig, base: &Path) -> Option<Config> {
         };
         AuthSettings { users_file, algorithms, nonce_ttl, realm, users }
     });
+    let deny = raw.auth.as_ref().map_or(DenyPolicy::DISABLED, |a| {
+        let a = a.get_ref();
+        let d = DenyPolicy::default();
+        let after = a
+            .deny_after
+            .as_ref()
+            .and_then(|v| ranged(c, v, "deny_after", 0, 1_000_000))
+            .map_or(d.after, |v| v as u32);
+        let window = a
+            .deny_window
+            .as_ref()
+            .and_then(|v| ranged(c, v, "deny_window", 1, 86_400))
+            .map_or(d.window_ms, |v| v as u64 * 1000);
+        let seconds = a
+            .deny_seconds
+            .as_ref()
+            .and_then(|v| ranged(c, v, "deny_seconds", 1, 30 * 86_400))
+            .map_or(d.deny_ms, |v| v as u64 * 1000);
+        DenyPolicy {
+            after,
+            window_ms: window,
+            deny_ms: seconds,
+        }
+    });
 
     // ----- [[proxy_set]]
     let mut proxy_sets = Vec::new();
@@ -1147,6 +1178,7 @@ fn validate(c: &mut Collector, raw: RawConfig, base: &Path) -> Option<Config> {
         dataplane,
         registrar,
         auth,
+        deny,
         groups,
         proxy_sets,
         routes,
@@ -1738,6 +1770,49 @@ alternatives = [{ local = true }]
                 line_of(&text, "type = \"x\"")
             ]
         );
+    }
+
+    #[test]
+    fn deny_settings() {
+        let cfg = parse(GOOD).unwrap();
+        assert_eq!(cfg.deny, DenyPolicy::default());
+        let cfg = parse(&GOOD.replacen(
+            "nonce_ttl = 300",
+            "nonce_ttl = 300\ndeny_after = 3\ndeny_window = 5\ndeny_seconds = 7",
+            1,
+        ))
+        .unwrap();
+        assert_eq!(
+            cfg.deny,
+            DenyPolicy {
+                after: 3,
+                window_ms: 5_000,
+                deny_ms: 7_000
+            }
+        );
+        let cfg =
+            parse(&GOOD.replacen("nonce_ttl = 300", "nonce_ttl = 300\ndeny_after = 0", 1)).unwrap();
+        assert!(!cfg.deny.enabled());
+        let text = GOOD.replacen(
+            "nonce_ttl = 300",
+            "nonce_ttl = 300\ndeny_after = -1\ndeny_window = 0\ndeny_seconds = 99999999",
+            1,
+        );
+        let e = parse(&text).unwrap_err();
+        assert_eq!(e.len(), 3, "{e:?}");
+        assert!(
+            e[0].message.contains("deny_after = -1 is out of range"),
+            "{e:?}"
+        );
+        assert_eq!(e[0].line, line_of(&text, "deny_after"));
+        assert_eq!(e[1].line, line_of(&text, "deny_window"));
+        assert!(e[2].hint.contains("from 1 to"), "{e:?}");
+        // No [auth] section: nobody is challenged, so nothing to deny.
+        let start = GOOD.find("[auth]").unwrap();
+        let end = GOOD.find("[[ip_group]]").unwrap();
+        let no_auth = format!("{}{}", &GOOD[..start], &GOOD[end..])
+            .replace("auth = \"local\"", "auth = \"none\"");
+        assert!(!parse(&no_auth).unwrap().deny.enabled());
     }
 
     #[test]

@@ -10,11 +10,13 @@
 //! Counters are merged on read: each worker is the only writer of its own counters.
 
 use crate::config::Config;
+use crate::deny::{DenyTracker, Live, LiveCell};
 use crate::persist;
 use crate::worker::{now_millis, DataplaneStats};
 use crate::xdp::{CounterSnapshot, Verdict, XdpDataplane};
 use serde_json::{json, Map, Value};
 use std::io::{BufRead, BufReader, Write};
+use std::net::IpAddr;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -26,7 +28,8 @@ use turnstile_core::stats::{Counter, GroupCounter, WorkerStats};
 
 /// What the control plane can see of a running instance.
 pub struct ControlState {
-    pub config: Arc<Config>,
+    /// The configuration in effect (replaced by a successful reload).
+    pub config: parking_lot::RwLock<Arc<Config>>,
     pub shared: Arc<Shared>,
     pub engine_stats: Vec<Arc<WorkerStats>>,
     pub dataplane_stats: Vec<Arc<DataplaneStats>>,
@@ -34,6 +37,11 @@ pub struct ControlState {
     pub started: Instant,
     /// XDP mode: the loaded program (its per-CPU verdict counters are merged on read).
     pub xdp: Option<parking_lot::Mutex<XdpDataplane>>,
+    /// Deny set and fair-queue parameters published to the workers.
+    pub live: Arc<LiveCell>,
+    /// Auth failures reported by the workers.
+    pub events: crossbeam_channel::Receiver<IpAddr>,
+    pub deny: parking_lot::Mutex<DenyTracker>,
 }
 
 fn sum(v: &[Arc<DataplaneStats>], f: impl Fn(&DataplaneStats) -> u64) -> u64 {
@@ -44,7 +52,178 @@ fn load(a: &std::sync::atomic::AtomicU64) -> u64 {
     a.load(Ordering::Relaxed)
 }
 
+/// Most denied sources listed by `show stats` (the count is always exact).
+pub const MAX_DENIED_LISTED: usize = 1000;
+/// Auth-failure events handled per control-loop turn (the channel is bounded anyway).
+const EVENTS_PER_TURN: usize = 65_536;
+
+/// Fair-queue classes of `config`: its groups in order, then unclassified (weight 1).
+pub fn fair_classes(config: &Config) -> Vec<(u32, usize)> {
+    let mut classes: Vec<(u32, usize)> = config
+        .groups
+        .iter()
+        .map(|g| (g.group.weight, g.queue_depth))
+        .collect();
+    classes.push((1, config.dataplane.queue_depth));
+    classes
+}
+
 impl ControlState {
+    /// The configuration in effect.
+    pub fn config(&self) -> Arc<Config> {
+        self.config.read().clone()
+    }
+
+    /// Monotonic ms since start: the deny tracker's clock.
+    fn mono_ms(&self) -> u64 {
+        self.started.elapsed().as_millis() as u64
+    }
+
+    /// Publishes the current deny set and fair-queue parameters to the workers.
+    fn publish_live(&self) {
+        let deny = self.deny.lock().denied().map(|(a, _)| a).collect();
+        let classes = fair_classes(&self.config());
+        self.live.publish(Live { deny, classes });
+    }
+
+    /// Turns queued auth failures into deny decisions (XDP deny map + worker deny set).
+    /// Returns how many sources were newly denied.
+    pub fn process_auth_failures(&self) -> usize {
+        let now = self.mono_ms();
+        let mut newly = Vec::new();
+        {
+            let mut t = self.deny.lock();
+            for src in self.events.try_iter().take(EVENTS_PER_TURN) {
+                if let Some(until) = t.record(src, now) {
+                    newly.push((src, until));
+                }
+            }
+        }
+        if newly.is_empty() {
+            return 0;
+        }
+        let policy = self.deny.lock().policy();
+        for (src, until) in &newly {
+            tracing::warn!(
+                %src,
+                failures = policy.after,
+                window_s = policy.window_ms / 1000,
+                deny_s = (until - now) / 1000,
+                "repeated auth failures: source denied"
+            );
+            if let Some(dp) = &self.xdp {
+                let d = Duration::from_millis(until - now);
+                if let Err(e) = dp.lock().deny(*src, Some(d)) {
+                    tracing::error!(%src, error = %e, "cannot write the XDP deny map; the workers still drop this source");
+                }
+            }
+        }
+        self.publish_live();
+        newly.len()
+    }
+
+    /// Lifts deny periods that ended (once a second).
+    fn expire_denies(&self) {
+        let lifted = self.deny.lock().expire(self.mono_ms());
+        if let Some(dp) = &self.xdp {
+            let mut dp = dp.lock();
+            for a in &lifted {
+                let _ = dp.allow(*a);
+            }
+            if let Err(e) = dp.expire_denies() {
+                tracing::debug!(error = %e, "expiring XDP deny entries failed");
+            }
+        }
+        if !lifted.is_empty() {
+            for a in &lifted {
+                tracing::info!(src = %a, "deny period over: source allowed again");
+            }
+            self.publish_live();
+        }
+    }
+
+    /// SIGHUP: re-reads the config file (and the users file). An invalid config is logged
+    /// and the running one kept. Of a valid one, what the data plane can change live is
+    /// applied (fair-queue weights and depths, XDP per-source rates, deny settings, snapshot
+    /// interval); everything the engine holds (groups' prefixes and modes, users, registrar,
+    /// routes) or the process was built with (listen, workers, data-plane mode) is logged as
+    /// "restart required" and stays as it was. Returns (applied, restart-required) names.
+    pub fn reload(&self) -> (Vec<String>, Vec<String>) {
+        let old = self.config();
+        let new = match Config::load(&old.path) {
+            Ok(c) => c,
+            Err(d) => {
+                for p in &d.0 {
+                    tracing::error!("reload rejected: {p}");
+                }
+                tracing::error!(
+                    problems = d.0.len(),
+                    "configuration reload rejected; the running configuration is kept"
+                );
+                return (Vec::new(), Vec::new());
+            }
+        };
+        let (eff, applied, restart) = reload_plan(&old, &new);
+
+        if let Some(dp) = &self.xdp {
+            if applied.iter().any(|a| a.ends_with("source_rate_pps")) {
+                let res = crate::run::xdp_prefixes(&eff)
+                    .and_then(|p| dp.lock().update_groups(&p).map_err(anyhow::Error::from));
+                if let Err(e) = res {
+                    tracing::error!(error = %e, "cannot update the XDP group maps; configuration reload rejected");
+                    return (Vec::new(), Vec::new());
+                }
+            }
+        }
+        if eff.deny != old.deny {
+            let lifted = self.deny.lock().set_policy(eff.deny);
+            if let Some(dp) = &self.xdp {
+                let mut dp = dp.lock();
+                for a in &lifted {
+                    let _ = dp.allow(*a);
+                }
+            }
+        }
+        *self.config.write() = Arc::new(eff);
+        self.publish_live();
+        for r in &restart {
+            tracing::warn!("reload: restart required for {r} (change not applied)");
+        }
+        tracing::info!(
+            applied = %if applied.is_empty() { "nothing".to_string() } else { applied.join(", ") },
+            restart_required = restart.len(),
+            "configuration reloaded"
+        );
+        (applied, restart)
+    }
+
+    fn deny_json(&self) -> Value {
+        let now = self.mono_ms();
+        let t = self.deny.lock();
+        let p = t.policy();
+        let mut sources: Vec<(IpAddr, u64)> = t.denied().collect();
+        sources.sort_unstable();
+        let listed: Vec<Value> = sources
+            .iter()
+            .take(MAX_DENIED_LISTED)
+            .map(|(a, until)| json!({"source": a.to_string(), "remaining_s": until.saturating_sub(now).div_ceil(1000)}))
+            .collect();
+        let dp = &self.dataplane_stats;
+        json!({
+            "enabled": p.enabled(),
+            "deny_after": p.after,
+            "deny_window": p.window_ms / 1000,
+            "deny_seconds": p.deny_ms / 1000,
+            "denied_now": t.denied_count(),
+            "denials_total": t.denials_total,
+            "tracked_sources": t.tracked_count(),
+            "untracked_failures": t.untracked,
+            "drops": sum(dp, |s| s.deny_drops.iter().map(load).sum::<u64>()),
+            "events_dropped": sum(dp, |s| load(&s.events_dropped)),
+            "sources": listed,
+        })
+    }
+
     fn xdp_counters(&self) -> Option<CounterSnapshot> {
         let dp = self.xdp.as_ref()?;
         match dp.lock().read_counters() {
@@ -95,13 +274,14 @@ impl ControlState {
                 "aors": self.shared.registrar().aor_count(),
                 "bindings": self.shared.registrar().binding_count(),
             },
+            "deny": self.deny_json(),
         })
     }
 
     pub fn groups_json(&self) -> Value {
         let xdp = self.xdp_counters();
-        let groups: Vec<Value> = self
-            .config
+        let config = self.config();
+        let groups: Vec<Value> = config
             .groups
             .iter()
             .enumerate()
@@ -110,6 +290,7 @@ impl ControlState {
                 let gc = |c: GroupCounter| -> u64 { self.engine_stats.iter().map(|w| w.get_group(id, c)).sum() };
                 let drops: u64 = self.dataplane_stats.iter().map(|s| s.queue_drops.get(i).map_or(0, load)).sum();
                 let kdrops: u64 = self.dataplane_stats.iter().map(|s| s.kernel_drops.get(i).map_or(0, load)).sum();
+                let denied: u64 = self.dataplane_stats.iter().map(|s| s.deny_drops.get(i).map_or(0, load)).sum();
                 json!({
                     "name": g.group.name,
                     "type": match g.group.kind { GroupKind::User => "user", GroupKind::Server => "server" },
@@ -118,12 +299,15 @@ impl ControlState {
                     "serving": g.group.serving,
                     "weight": g.group.weight,
                     "queue_depth": g.queue_depth,
+                    "source_rate_pps": g.source_rate.map(|r| r.0),
+                    "source_burst": g.source_rate.map(|r| r.1),
                     "counters": {
                         "rx": gc(GroupCounter::Rx),
                         "register_ok": gc(GroupCounter::RegisterOk),
                         "register_failed": gc(GroupCounter::RegisterFailed),
                         "queue_drops": drops,
                         "kernel_drops": kdrops,
+                        "deny_drops": denied,
                     },
                     "xdp": xdp.as_ref().map(|c| json!({
                         "redirect": c.group(id, Verdict::Redirect),
@@ -135,7 +319,7 @@ impl ControlState {
                 })
             })
             .collect();
-        let n = self.config.groups.len();
+        let n = config.groups.len();
         let unclassified_drops: u64 = self
             .dataplane_stats
             .iter()
@@ -144,9 +328,10 @@ impl ControlState {
         json!({
             "groups": groups,
             "unclassified": {
-                "policy": match self.config.unclassified { Unclassified::Drop => "drop", Unclassified::Reject => "reject" },
+                "policy": match config.unclassified { Unclassified::Drop => "drop", Unclassified::Reject => "reject" },
                 "queue_drops": unclassified_drops,
             },
+            "deny": self.deny_json(),
         })
     }
 
@@ -290,6 +475,110 @@ impl ControlState {
     }
 }
 
+/// What a reload from `old` to `new` does: the effective config (`old` with the
+/// live-changeable fields of `new`), the names of the applied changes, and the names of the
+/// changes that need a restart.
+pub fn reload_plan(old: &Config, new: &Config) -> (Config, Vec<String>, Vec<String>) {
+    let mut eff = old.clone();
+    let mut applied = Vec::new();
+    let mut restart = Vec::new();
+    let dbg =
+        |a: &dyn std::fmt::Debug, b: &dyn std::fmt::Debug| format!("{a:?}") != format!("{b:?}");
+    let mut need = |cond: bool, what: &str| {
+        if cond {
+            restart.push(what.to_string());
+        }
+    };
+    need(old.domain != new.domain, "[server] domain");
+    need(old.listen != new.listen, "[server] listen");
+    need(old.workers != new.workers, "[server] workers");
+    need(old.state_dir != new.state_dir, "[server] state_dir");
+    need(
+        old.unclassified != new.unclassified,
+        "[server] unclassified",
+    );
+    need(
+        old.metrics_listen != new.metrics_listen,
+        "[server] metrics_listen",
+    );
+    need(old.log_format != new.log_format, "[server] log_format");
+    need(
+        old.dataplane.mode != new.dataplane.mode
+            || old.dataplane.interface != new.dataplane.interface
+            || old.dataplane.xdp_mode != new.dataplane.xdp_mode
+            || old.dataplane.steering != new.dataplane.steering,
+        "[dataplane] mode/interface/xdp_mode/steering",
+    );
+    need(dbg(&old.registrar, &new.registrar), "[registrar]");
+    match (&old.auth, &new.auth) {
+        (Some(a), Some(b)) => {
+            need(
+                a.algorithms != b.algorithms
+                    || a.nonce_ttl != b.nonce_ttl
+                    || a.realm != b.realm
+                    || a.users_file != b.users_file,
+                "[auth] algorithms/nonce_ttl/realm/users_file",
+            );
+            need(
+                dbg(&a.users, &b.users),
+                "the users file (users are loaded at start)",
+            );
+        }
+        (None, None) => {}
+        _ => need(true, "[auth] (added or removed)"),
+    }
+    need(dbg(&old.proxy_sets, &new.proxy_sets), "[[proxy_set]]");
+    need(dbg(&old.routes, &new.routes), "[[route]]");
+    let same_groups = old.groups.len() == new.groups.len()
+        && old
+            .groups
+            .iter()
+            .zip(&new.groups)
+            .all(|(a, b)| a.group.name == b.group.name);
+    if !same_groups {
+        need(
+            true,
+            "[[ip_group]] list (groups added, removed, renamed or reordered)",
+        );
+    } else {
+        for (i, (a, b)) in old.groups.iter().zip(&new.groups).enumerate() {
+            let (ga, gb) = (&a.group, &b.group);
+            let name = &ga.name;
+            need(ga.sources != gb.sources, &format!("ip_group \"{name}\" sources (the engine classifies with the prefixes it started with)"));
+            need(
+                ga.kind != gb.kind || ga.auth != gb.auth || ga.serving != gb.serving,
+                &format!("ip_group \"{name}\" type/auth/serving"),
+            );
+            let e = &mut eff.groups[i];
+            if ga.weight != gb.weight {
+                e.group.weight = gb.weight;
+                applied.push(format!("ip_group \"{name}\" weight"));
+            }
+            if a.queue_depth != b.queue_depth {
+                e.queue_depth = b.queue_depth;
+                applied.push(format!("ip_group \"{name}\" queue_depth"));
+            }
+            if a.source_rate != b.source_rate {
+                e.source_rate = b.source_rate;
+                applied.push(format!("ip_group \"{name}\" source_rate_pps"));
+            }
+        }
+    }
+    if old.dataplane.queue_depth != new.dataplane.queue_depth {
+        eff.dataplane.queue_depth = new.dataplane.queue_depth;
+        applied.push("[dataplane] queue_depth (unclassified traffic)".into());
+    }
+    if old.deny != new.deny {
+        eff.deny = new.deny;
+        applied.push("[auth] deny_after/deny_window/deny_seconds".into());
+    }
+    if old.snapshot_interval != new.snapshot_interval {
+        eff.snapshot_interval = new.snapshot_interval;
+        applied.push("[server] snapshot_interval".into());
+    }
+    (eff, applied, restart)
+}
+
 /// Prometheus label value escaping.
 fn esc(s: &str) -> String {
     s.replace('\\', "\\\\")
@@ -340,12 +629,12 @@ pub fn run(
             (Ok(t), Ok(i), Ok(h)) => (t, i, h),
             (Err(e), _, _) | (_, Err(e), _) | (_, _, Err(e)) => return ready(Err(e.into())),
         };
-        let path = state.config.control_socket();
+        let path = state.config().control_socket();
         let listener = match bind_control(&path) {
             Ok(l) => l,
             Err(e) => return ready(Err(e)),
         };
-        let metrics = match state.config.metrics_listen {
+        let metrics = match state.config().metrics_listen {
             Some(addr) => match tokio::net::TcpListener::bind(addr).await {
                 Ok(l) => Some(l),
                 Err(e) => return ready(Err(anyhow::anyhow!("cannot listen for metrics on {addr}: {e}"))),
@@ -356,16 +645,20 @@ pub fn run(
 
         let mut tick = tokio::time::interval(Duration::from_secs(1));
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        let snapshot_every = state.config.snapshot_interval;
+        // Auth failures become deny decisions within this period.
+        let mut deny_tick = tokio::time::interval(Duration::from_millis(100));
+        deny_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut last_snapshot = Instant::now();
         loop {
             tokio::select! {
                 _ = term.recv() => { tracing::info!("SIGTERM received, shutting down"); break; }
                 _ = int.recv() => { tracing::info!("SIGINT received, shutting down"); break; }
-                // SIGHUP would kill the process by default (a `reload` or a closed terminal
-                // taking the edge down without its snapshot); until reload exists, say so.
                 _ = hup.recv() => {
-                    tracing::warn!("SIGHUP received: configuration reload is not supported yet; restart to apply changes (state is kept across restarts)");
+                    tracing::info!("SIGHUP received: reloading the configuration");
+                    state.reload();
+                }
+                _ = deny_tick.tick() => {
+                    state.process_auth_failures();
                 }
                 _ = tick.tick() => {
                     if stop.load(Ordering::Relaxed) {
@@ -375,10 +668,12 @@ pub fn run(
                     if expired > 0 {
                         tracing::debug!(expired, "bindings expired");
                     }
-                    if let Some(every) = snapshot_every {
+                    state.expire_denies();
+                    let config = state.config();
+                    if let Some(every) = config.snapshot_interval {
                         if last_snapshot.elapsed() >= every {
                             last_snapshot = Instant::now();
-                            if let Err(e) = persist::save(&state.shared, &state.config.snapshot_path(), now_millis()) {
+                            if let Err(e) = persist::save(&state.shared, &config.snapshot_path(), now_millis()) {
                                 tracing::error!(error = %e, "periodic snapshot failed");
                             }
                         }

@@ -122,7 +122,20 @@ impl<T> FairQueues<T> {
 
     /// Free places in `class` before it tail-drops (0 for an unknown class).
     pub fn room(&self, class: usize) -> usize {
-        self.classes.get(class).map_or(0, |c| c.cap - c.queue.len())
+        self.classes
+            .get(class)
+            .map_or(0, |c| c.cap.saturating_sub(c.queue.len()))
+    }
+
+    /// New weight and capacity for `class` (reload). Items already queued beyond a smaller
+    /// capacity stay and are served; the class takes new items again once below it. A new
+    /// weight applies from the class's next round.
+    pub fn set_class(&mut self, class: usize, weight: u32, cap: usize) {
+        if let Some(c) = self.classes.get_mut(class) {
+            c.weight = weight.max(1);
+            c.cap = cap.max(1);
+            c.deficit = c.deficit.min(c.weight);
+        }
     }
 
     /// Tail drops of `class` since creation.
@@ -134,6 +147,25 @@ impl<T> FairQueues<T> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn set_class_changes_weight_and_capacity_live() {
+        let mut q: FairQueues<u32> = FairQueues::new([(1, 10), (1, 10)]);
+        for i in 0..10 {
+            q.push(0, i).unwrap();
+            q.push(1, i).unwrap();
+        }
+        // Shrinking below the backlog keeps it but refuses newcomers.
+        q.set_class(0, 3, 4);
+        assert_eq!(q.room(0), 0);
+        assert!(q.push(0, 99).is_err());
+        assert_eq!(q.class_len(0), 10);
+        // From the next round class 0 gets 3 credits per 1 of class 1.
+        let per = served(&mut q, 12);
+        assert!(per[0] >= 8 && per[1] <= 4, "{per:?}");
+        assert!(q.class_len(0) < 4);
+        assert!(q.push(0, 100).is_ok());
+    }
 
     fn served(q: &mut FairQueues<u32>, n: usize) -> Vec<usize> {
         let mut per = vec![0; q.class_count()];

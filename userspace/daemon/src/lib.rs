@@ -2,6 +2,7 @@
 
 pub mod config;
 pub mod control;
+pub mod deny;
 pub mod fair;
 pub mod persist;
 pub mod run;

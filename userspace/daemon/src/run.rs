@@ -8,6 +8,7 @@
 use crate::config::XdpMode;
 use crate::config::{Config, DataplaneMode};
 use crate::control::{self, ControlState};
+use crate::deny::{DenyTracker, Live, LiveCell};
 use crate::persist;
 use crate::socket;
 use crate::worker::{self, now_millis, DataplaneStats, WorkerSetup};
@@ -26,6 +27,8 @@ use turnstile_core::group::Unclassified;
 /// Beyond this many classes (groups + unclassified), no per-class sockets: the fd count
 /// (classes × workers × listen addresses) would get silly.
 const MAX_STEERED_CLASSES: usize = 64;
+/// Auth-failure events in flight from the workers to the control thread.
+const EVENT_QUEUE: usize = 16_384;
 
 /// Number of workers for `configured` (0 = one per available core).
 pub fn worker_count(configured: usize) -> usize {
@@ -37,6 +40,31 @@ pub fn worker_count(configured: usize) -> usize {
         .filter(|&n| n > 0)
         .or_else(|| std::thread::available_parallelism().ok().map(|n| n.get()))
         .unwrap_or(1)
+}
+
+/// The XDP program's LPM entries for `config`'s groups: group id = config index, class =
+/// index (the last class shared beyond `MAX_CLASSES`), per-source rate and burst.
+pub fn xdp_prefixes(config: &Config) -> anyhow::Result<Vec<GroupPrefix>> {
+    let n = config.groups.len().clamp(1, MAX_CLASSES as usize);
+    let mut prefixes = Vec::new();
+    for (i, g) in config.groups.iter().enumerate() {
+        if i as u32 >= MAX_GROUPS {
+            anyhow::bail!("xdp mode supports at most {MAX_GROUPS} ip_groups");
+        }
+        for net in &g.group.sources {
+            prefixes.push(GroupPrefix {
+                prefix: *net,
+                group: GroupSpec {
+                    group_id: i as u16,
+                    class: i.min(n - 1) as u8,
+                    rate_pps: g.source_rate.map_or(0, |r| r.0),
+                    burst: g.source_rate.map_or(0, |r| r.1),
+                    drop: false,
+                },
+            });
+        }
+    }
+    Ok(prefixes)
 }
 
 /// Starts the XDP data plane: loads the program with the IP Group prefixes (LPM tries),
@@ -59,24 +87,7 @@ fn start_xdp(
         .as_deref()
         .context("[dataplane] interface is required for mode = \"xdp\"")?;
     let n = config.groups.len().clamp(1, MAX_CLASSES as usize);
-    let mut prefixes = Vec::new();
-    for (i, g) in config.groups.iter().enumerate() {
-        if i as u32 >= MAX_GROUPS {
-            anyhow::bail!("xdp mode supports at most {MAX_GROUPS} ip_groups");
-        }
-        for net in &g.group.sources {
-            prefixes.push(GroupPrefix {
-                prefix: *net,
-                group: GroupSpec {
-                    group_id: i as u16,
-                    class: i.min(n - 1) as u8,
-                    rate_pps: g.source_rate.map_or(0, |r| r.0),
-                    burst: g.source_rate.map_or(0, |r| r.1),
-                    drop: false,
-                },
-            });
-        }
-    }
+    let prefixes = xdp_prefixes(config)?;
     let mut ports: Vec<u16> = config.listen.iter().map(|a| a.port()).collect();
     ports.sort_unstable();
     ports.dedup();
@@ -137,12 +148,14 @@ pub fn run(config: Config) -> anyhow::Result<()> {
     control::ensure_not_running(&config.control_socket())?;
     let workers = worker_count(config.workers);
     // Fair-queue classes: the groups in config order, then unclassified traffic (weight 1).
-    let mut classes: Vec<(u32, usize)> = config
-        .groups
-        .iter()
-        .map(|g| (g.group.weight, g.queue_depth))
-        .collect();
-    classes.push((1, config.dataplane.queue_depth));
+    let classes = control::fair_classes(&config);
+    let live = Arc::new(LiveCell::new(Live {
+        deny: Default::default(),
+        classes: classes.clone(),
+    }));
+    // Auth failures, workers → control thread. Bounded: a flood of bad credentials costs
+    // counted drops, never memory or a blocked worker.
+    let (events_tx, events_rx) = crossbeam_channel::bounded(EVENT_QUEUE);
     let prefixes: Vec<(ipnet::IpNet, usize)> = config
         .groups
         .iter()
@@ -203,6 +216,8 @@ pub fn run(config: Config) -> anyhow::Result<()> {
                 .wrapping_add(index as u64)
                 .wrapping_mul(0x9E37_79B9_7F4A_7C15),
             xsks: std::mem::take(&mut xsks[index]),
+            events: events_tx.clone(),
+            live: live.clone(),
         };
         let (h, es) = worker::spawn(setup).context("cannot start worker thread")?;
         handles.push(h);
@@ -210,14 +225,18 @@ pub fn run(config: Config) -> anyhow::Result<()> {
         dataplane_stats.push(stats);
     }
 
+    drop(events_tx);
     let state = Arc::new(ControlState {
-        config: config.clone(),
+        config: parking_lot::RwLock::new(config.clone()),
         shared: shared.clone(),
         engine_stats,
         dataplane_stats,
         mode,
         started: Instant::now(),
         xdp: xdp.map(parking_lot::Mutex::new),
+        live,
+        events: events_rx,
+        deny: parking_lot::Mutex::new(DenyTracker::new(config.deny)),
     });
     // Kept until the workers are gone: dropping the XDP program detaches it.
     let state_keep = state.clone();

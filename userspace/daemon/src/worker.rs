@@ -12,14 +12,15 @@
 //! 3. engine timers, then flush `poll_transmit()` with `sendmmsg`;
 //! 4. idle: `poll(2)` with a short timeout so shutdown and engine timers are served.
 
+use crate::deny::LiveCell;
 use crate::fair::FairQueues;
 use crate::socket::{self, BoundSocket, RecvBatch, SendBatch};
 use crate::xdp::xsk::{RxPacket, XskQueue};
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{SystemTime, UNIX_EPOCH};
-use turnstile_core::engine::{Engine, Shared, Transmit};
+use turnstile_core::engine::{Engine, Event, Shared, Transmit};
 use turnstile_core::group::GroupId;
 use turnstile_core::stats::WorkerStats;
 use turnstile_core::Millis;
@@ -55,6 +56,10 @@ pub struct DataplaneStats {
     pub xsk_tx: AtomicU64,
     /// Datagrams whose processing panicked (a bug; the datagram is dropped, the worker lives).
     pub engine_panics: AtomicU64,
+    /// Datagrams from denied sources dropped before the engine, per class.
+    pub deny_drops: Vec<AtomicU64>,
+    /// Engine events (auth failures) not forwarded because the control channel was full.
+    pub events_dropped: AtomicU64,
 }
 
 impl DataplaneStats {
@@ -72,6 +77,8 @@ impl DataplaneStats {
             xsk_rx: AtomicU64::new(0),
             xsk_tx: AtomicU64::new(0),
             engine_panics: AtomicU64::new(0),
+            deny_drops: (0..classes).map(|_| AtomicU64::new(0)).collect(),
+            events_dropped: AtomicU64::new(0),
         }
     }
 }
@@ -108,6 +115,10 @@ pub struct WorkerSetup {
     /// XDP mode: the AF_XDP queues (one UMEM per NIC rx queue, one socket per class) this
     /// worker drives. Empty in socket mode.
     pub xsks: Vec<XskQueue>,
+    /// Engine events (auth failures) to the control thread; never blocks.
+    pub events: crossbeam_channel::Sender<IpAddr>,
+    /// Deny set and fair-queue parameters, republished by the control thread.
+    pub live: Arc<LiveCell>,
 }
 
 /// A queued datagram: copied out of a kernel socket, or still in its AF_XDP frame (so the
@@ -173,8 +184,12 @@ fn run(setup: WorkerSetup, mut engine: Engine) {
         stop,
         stats,
         mut xsks,
+        events,
+        live,
         ..
     } = setup;
+    let (mut live_gen, mut live_now) = live.load();
+    let mut deny_drops = vec![0u64; classes.len()];
     let mut xsk_rx: Vec<RxPacket> = Vec::with_capacity(socket::BATCH);
     let mut poll_fds: Vec<i32> = Vec::new();
     let groups = shared.config.groups.groups().len();
@@ -199,6 +214,15 @@ fn run(setup: WorkerSetup, mut engine: Engine) {
     tracing::debug!(worker = index, sockets = ?locals, xsk_queues = xsks.len(), "worker running");
 
     while !stop.load(Ordering::Relaxed) {
+        // 0. control-plane updates (deny list, fair-queue weights/depths): one atomic load
+        //    per iteration, a lock only when something was published.
+        if live.generation() != live_gen {
+            (live_gen, live_now) = live.load();
+            for (c, &(w, depth)) in live_now.classes.iter().enumerate() {
+                fair.set_class(c, w, depth);
+            }
+        }
+        let deny = &live_now.deny;
         // 1. receive + classify + enqueue
         let mut got = 0usize;
         let mut truncated = 0u64;
@@ -227,6 +251,10 @@ fn run(setup: WorkerSetup, mut engine: Engine) {
                         Some(g) if (g as usize) < groups => g as usize,
                         _ => unclassified,
                     };
+                    if !deny.is_empty() && deny.contains(&src.ip()) {
+                        deny_drops[class] += 1;
+                        continue;
+                    }
                     let mut buf = pool.pop().unwrap_or_default();
                     buf.clear();
                     buf.extend_from_slice(data);
@@ -284,6 +312,13 @@ fn run(setup: WorkerSetup, mut engine: Engine) {
                         Some(g) if (g as usize) < groups => g as usize,
                         _ => unclassified,
                     };
+                    // Normally dropped by the XDP deny map already; this covers the
+                    // moments between a deny decision and the map write.
+                    if !deny.is_empty() && deny.contains(&src.ip()) {
+                        deny_drops[class] += 1;
+                        q.release(p);
+                        continue;
+                    }
                     if let Err(Item::Xsk { packet, .. }) = fair.push(
                         class,
                         Item::Xsk {
@@ -302,6 +337,10 @@ fn run(setup: WorkerSetup, mut engine: Engine) {
             bump(&stats.rx_truncated, truncated);
             for (c, d) in drops.iter_mut().enumerate() {
                 bump(&stats.queue_drops[c], *d);
+                *d = 0;
+            }
+            for (c, d) in deny_drops.iter_mut().enumerate() {
+                bump(&stats.deny_drops[c], *d);
                 *d = 0;
             }
         }
@@ -360,6 +399,7 @@ fn run(setup: WorkerSetup, mut engine: Engine) {
                 q.flush();
             }
             stats.queued.store(fair.len() as u64, Ordering::Relaxed);
+            forward_events(&mut engine, &events, &stats);
         }
 
         // 3. timers + transmit
@@ -416,6 +456,26 @@ fn run(setup: WorkerSetup, mut engine: Engine) {
     stats.queued.store(fair.len() as u64, Ordering::Relaxed);
     sample_kernel_drops(&fds, &steered, &stats);
     tracing::debug!(worker = index, "worker stopped");
+}
+
+/// Hands the engine's events to the control thread without blocking: a full channel drops
+/// (counted) rather than stall the data path.
+fn forward_events(
+    engine: &mut Engine,
+    events: &crossbeam_channel::Sender<IpAddr>,
+    stats: &DataplaneStats,
+) {
+    let mut dropped = 0;
+    while let Some(ev) = engine.poll_event() {
+        match ev {
+            Event::AuthFailed { src } => {
+                if events.try_send(src).is_err() {
+                    dropped += 1;
+                }
+            }
+        }
+    }
+    bump(&stats.events_dropped, dropped);
 }
 
 /// Runs one engine step so that a panic (a bug on some wire input) costs that datagram, not
