@@ -810,6 +810,81 @@ pub fn request(socket: &PathBuf, req: &Value) -> anyhow::Result<Value> {
 mod tests {
     use super::*;
 
+    fn cfg(text: &str) -> Config {
+        // One directory for every config of a test: paths resolve the same.
+        static DIR: std::sync::OnceLock<tempfile::TempDir> = std::sync::OnceLock::new();
+        let d = DIR.get_or_init(|| {
+            let d = tempfile::tempdir().unwrap();
+            std::fs::write(d.path().join("users.txt"), "alice:a\n").unwrap();
+            d
+        });
+        Config::parse(text, Path::new("t.toml"), d.path()).unwrap()
+    }
+
+    const BASE: &str = r#"[server]
+domain = "d.test"
+listen = ["127.0.0.1:5060"]
+[auth]
+users_file = "users.txt"
+deny_after = 5
+[[ip_group]]
+name = "a"
+type = "user"
+sources = ["127.0.0.0/25"]
+auth = "local"
+weight = 2
+[[ip_group]]
+name = "b"
+type = "user"
+sources = ["127.0.0.128/25"]
+auth = "none"
+"#;
+
+    #[test]
+    fn reload_applies_live_settings_and_names_the_rest() {
+        let old = cfg(BASE);
+        let (eff, applied, restart) = reload_plan(&old, &cfg(BASE));
+        assert!(
+            applied.is_empty() && restart.is_empty(),
+            "{applied:?} {restart:?}"
+        );
+        assert_eq!(format!("{:?}", eff.groups), format!("{:?}", old.groups));
+
+        let new = cfg(&BASE
+            .replace("weight = 2", "weight = 7\nqueue_depth = 33")
+            .replace("deny_after = 5", "deny_after = 2\ndeny_seconds = 9")
+            .replace("127.0.0.128/25", "127.0.0.192/26")
+            .replace(
+                "listen = [\"127.0.0.1:5060\"]",
+                "listen = [\"127.0.0.1:5061\"]",
+            ));
+        let (eff, applied, restart) = reload_plan(&old, &new);
+        assert_eq!(eff.groups[0].group.weight, 7);
+        assert_eq!(eff.groups[0].queue_depth, 33);
+        assert_eq!(eff.deny.after, 2);
+        assert_eq!(eff.deny.deny_ms, 9_000);
+        assert_eq!(fair_classes(&eff)[0], (7, 33));
+        // Not applied: prefixes (the engine's table) and the listen address.
+        assert_eq!(eff.groups[1].group.sources, old.groups[1].group.sources);
+        assert_eq!(eff.listen, old.listen);
+        assert_eq!(applied.len(), 3, "{applied:?}");
+        assert!(
+            restart.iter().any(|r| r.contains("\"b\" sources")),
+            "{restart:?}"
+        );
+        assert!(restart.iter().any(|r| r.contains("listen")), "{restart:?}");
+        assert_eq!(restart.len(), 2, "{restart:?}");
+
+        // A renamed group: nothing per group is applied.
+        let new = cfg(&BASE
+            .replace("name = \"b\"", "name = \"c\"")
+            .replace("weight = 2", "weight = 9"));
+        let (eff, applied, restart) = reload_plan(&old, &new);
+        assert_eq!(eff.groups[0].group.weight, 2);
+        assert!(applied.is_empty(), "{applied:?}");
+        assert!(restart[0].contains("[[ip_group]] list"), "{restart:?}");
+    }
+
     #[test]
     fn label_escaping() {
         assert_eq!(esc(r#"a"b\c"#), r#"a\"b\\c"#);
