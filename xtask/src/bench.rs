@@ -190,6 +190,22 @@ struct Results {
 }
 
 pub fn run_bench(root: &Path, args: BenchArgs) -> Result<()> {
+    // The generator runs inside this process: `cargo xtask` builds xtask unoptimized, and a
+    // debug generator is several times slower than the release one (it would become the
+    // bottleneck). Re-run ourselves from a release build.
+    if cfg!(debug_assertions) && std::env::var_os("TURNSTILE_BENCH_DEBUG_GENERATOR").is_none() {
+        crate::run(Command::new("cargo").current_dir(root).args([
+            "build",
+            "--release",
+            "-p",
+            "xtask",
+        ]))?;
+        let st = Command::new(root.join("target/release/xtask"))
+            .args(std::env::args_os().skip(1))
+            .status()
+            .context("re-running target/release/xtask")?;
+        std::process::exit(st.code().unwrap_or(1));
+    }
     let t_start = Instant::now();
     let p = Params {
         users: args
