@@ -180,7 +180,8 @@ pub struct StormReport {
     /// Operations whose transaction saw no final response within `timeout_ms`.
     pub timeouts: u64,
     /// Open loop only: operations due by the schedule but never started because the
-    /// window was full (overload shows up here instead of as unbounded memory).
+    /// window was full or every user already had an operation in flight (overload shows
+    /// up here instead of as unbounded memory).
     pub backlog: u64,
     pub retransmissions: u64,
     /// Datagrams the kernel refused (EAGAIN on a full socket buffer); the retransmission
@@ -752,6 +753,11 @@ impl<'a> Worker<'a> {
     /// Picks the next idle user (round robin) and starts its next operation.
     fn start_next(&mut self, sched_us: u64, now: u64) -> bool {
         let n = self.users.len();
+        if self.outstanding >= n {
+            // Every user has an operation in flight: nothing to start (open loop counts
+            // the shortfall as backlog), and no O(n) scan.
+            return false;
+        }
         let mut scanned = 0;
         while scanned < n {
             let u = self.cursor;

@@ -190,6 +190,10 @@ struct Results {
 }
 
 pub fn run_bench(root: &Path, args: BenchArgs) -> Result<()> {
+    if args.xdp {
+        // XDP vs socket over veth: its own run and report (xdp.md / xdp.json, bench_xdp.rs).
+        return crate::bench_xdp::run(root, &args);
+    }
     // The generator runs inside this process: `cargo xtask` builds xtask unoptimized, and a
     // debug generator is several times slower than the release one (it would become the
     // bottleneck). Re-run ourselves from a release build.
