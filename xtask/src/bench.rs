@@ -95,7 +95,7 @@ pub struct BenchArgs {
     /// Rounds of alternation per scenario (default: 2, quick: 1).
     #[arg(long)]
     pub rounds: Option<u32>,
-    /// Users for the throughput scenarios (default: 100000, quick: 10000).
+    /// Users for the throughput scenarios (default: 100000, quick: 50000).
     #[arg(long)]
     pub users: Option<u32>,
     /// Users for the million scenario (default: 1000000, quick: 100000).
@@ -214,7 +214,7 @@ pub fn run_bench(root: &Path, args: BenchArgs) -> Result<()> {
     let p = Params {
         users: args
             .users
-            .unwrap_or(if args.quick { 10_000 } else { 100_000 }),
+            .unwrap_or(if args.quick { 50_000 } else { 100_000 }),
         million_users: args
             .million_users
             .unwrap_or(if args.quick { 100_000 } else { 1_000_000 }),
