@@ -6,6 +6,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 
 mod bench;
+mod bench_xdp;
 mod fuzz;
 
 #[derive(Parser)]

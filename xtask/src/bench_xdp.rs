@@ -1,0 +1,748 @@
+//! `cargo xtask bench --xdp`: Turnstile's XDP data plane against its socket data plane on the
+//! same REGISTER storm over a veth pair, in one run (see BENCHMARKS.md, "XDP vs socket over
+//! veth", and the isolation budget in DESIGN.md).
+//!
+//! Topology (created here, removed by a Drop guard on every exit path; nothing is touched in
+//! the root namespace, all addresses are in 198.18.0.0/15):
+//!
+//! ```text
+//!  ns "tsbx-<pid>-s"                         ns "tsbx-<pid>-g"
+//!  turnstile  198.18.0.1/24, 198.18.1.1/24 ──veth (2 rx/tx queues each end)── 198.18.0.2/24  storm-veth (group B "measured")
+//!   XDP attached here (driver mode)                                             198.18.1.2/24  storm-veth --blast (group A "flood")
+//! ```
+//!
+//! The same server binary runs alternately with `[dataplane] mode = "xdp"` and `"socket"`
+//! (X, S, X, S …), a fresh process per run. Per run:
+//!
+//! 1. peak: closed loop, 512 outstanding, plain REGISTER (no auth) from group B;
+//! 2. half-load: open loop at 50 % of that peak (latency columns);
+//! 3. isolation, unloaded: group B alone at a modest open-loop rate;
+//! 4. isolation, flooded: the same group B load while group A is flooded with fire-and-forget
+//!    REGISTERs (unique branch/Call-ID each) paced at 10× the run's peak (whatever the flooder
+//!    actually achieves is reported as the real multiple).
+//!
+//! Server CPU is `utime + stime` of the daemon (`ip netns exec` execs it in place, so the
+//! child's PID is the daemon's) around each phase. XDP program time and the veth copy into
+//! the AF_XDP UMEM run in softirq context, mostly charged to the *sending* process (the
+//! generator), so XDP-mode CPU per REGISTER is the daemon's userspace + syscall share only.
+
+use anyhow::{bail, Context, Result};
+use serde::Serialize;
+use serde_json::Value;
+use std::fmt::Write as _;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+use turnstile_benches::procstat;
+
+use crate::bench::BenchArgs;
+
+const SERVER_V4: &str = "198.18.0.1";
+const GROUP_B_SRC: &str = "198.18.0.2";
+const GROUP_A_SRC: &str = "198.18.1.2";
+const PORT: u16 = 5060;
+/// veth rx/tx queues on both ends (native XDP needs the host side's rx queues ≥ the peer's
+/// tx queues); one per core of the 2-core machine, one daemon worker each.
+const QUEUES: u32 = 2;
+
+fn ip(args: &[&str]) -> Result<()> {
+    let out = Command::new("ip")
+        .args(args)
+        .output()
+        .with_context(|| format!("ip {}", args.join(" ")))?;
+    if !out.status.success() {
+        bail!(
+            "ip {}: {}",
+            args.join(" "),
+            String::from_utf8_lossy(&out.stderr).trim()
+        );
+    }
+    Ok(())
+}
+
+/// Two namespaces joined by a veth pair created inside the server namespace with its peer
+/// moved straight into the generator namespace. Dropping deletes both namespaces (and with
+/// them the pair).
+struct Veth {
+    ns_s: String,
+    ns_g: String,
+    if_s: String,
+}
+
+impl Veth {
+    fn create() -> Result<Veth> {
+        let tag = std::process::id() % 100_000;
+        let v = Veth {
+            ns_s: format!("tsbx-{tag}-s"),
+            ns_g: format!("tsbx-{tag}-g"),
+            if_s: format!("tb{tag}s"),
+        };
+        let if_g = format!("tb{tag}g");
+        // Leftovers of an earlier run of a process with the same PID (killed before its guard
+        // ran): names are ours, so removing them is safe.
+        let _ = ip(&["netns", "del", &v.ns_s]);
+        let _ = ip(&["netns", "del", &v.ns_g]);
+        // From here on the guard (`v`) removes whatever exists.
+        ip(&["netns", "add", &v.ns_s])?;
+        let guard = v;
+        ip(&["netns", "add", &guard.ns_g])?;
+        let q = QUEUES.to_string();
+        #[rustfmt::skip]
+        ip(&[
+            "-n", &guard.ns_s, "link", "add", &guard.if_s, "numrxqueues", &q, "numtxqueues", &q,
+            "type", "veth", "peer", "name", &if_g, "netns", &guard.ns_g, "numrxqueues", &q,
+            "numtxqueues", &q,
+        ])?;
+        for (ns, ifn, addrs) in [
+            (&guard.ns_s, &guard.if_s, ["198.18.0.1/24", "198.18.1.1/24"]),
+            (&guard.ns_g, &if_g, ["198.18.0.2/24", "198.18.1.2/24"]),
+        ] {
+            for a in addrs {
+                ip(&["-n", ns, "addr", "add", a, "dev", ifn])?;
+            }
+            ip(&["-n", ns, "link", "set", ifn, "up"])?;
+            ip(&["-n", ns, "link", "set", "lo", "up"])?;
+        }
+        Ok(guard)
+    }
+}
+
+impl Drop for Veth {
+    fn drop(&mut self) {
+        let _ = ip(&["netns", "del", &self.ns_s]);
+        let _ = ip(&["netns", "del", &self.ns_g]);
+    }
+}
+
+/// The daemon, started by us inside the server namespace, stopped by PID.
+struct Server {
+    child: Option<Child>,
+    pid: u32,
+    sock: PathBuf,
+}
+
+impl Server {
+    fn cpu(&self) -> f64 {
+        procstat::tree_cpu_seconds(self.pid)
+    }
+
+    fn stop(&mut self) -> Option<i32> {
+        let mut c = self.child.take()?;
+        // SAFETY: signalling our own child by PID.
+        unsafe { libc::kill(c.id() as i32, libc::SIGTERM) };
+        let t = Instant::now();
+        loop {
+            if let Ok(Some(st)) = c.try_wait() {
+                return st.code();
+            }
+            if t.elapsed() > Duration::from_secs(10) {
+                let _ = c.kill();
+                let _ = c.wait();
+                return None;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+#[derive(Serialize, Default, Clone)]
+struct PhaseResult {
+    name: String,
+    rate: Option<u32>,
+    throughput: f64,
+    started: u64,
+    completed: u64,
+    failed: u64,
+    timeouts: u64,
+    backlog: u64,
+    retransmissions: u64,
+    /// completed / (started + backlog), percent.
+    success_pct: f64,
+    p50_us: u64,
+    p99_us: u64,
+    max_us: u64,
+    server_cpu_s: f64,
+    /// Server CPU per REGISTER answered (µs).
+    cpu_us_per_register: f64,
+    /// Flooded phase only: what the flooder sent to group A.
+    flood: Option<Value>,
+    storm: Value,
+}
+
+#[derive(Serialize, Default, Clone)]
+struct Run {
+    mode: String,
+    round: u32,
+    phases: Vec<PhaseResult>,
+    peak: f64,
+    /// `turnstile show stats --json` and `show groups --json` at the end of the run.
+    stats: Value,
+    groups: Value,
+    error: Option<String>,
+}
+
+#[derive(Serialize)]
+struct XdpResults {
+    started_utc: String,
+    quick: bool,
+    loadavg_before: String,
+    loadavg_after: String,
+    users: u32,
+    phase_s: f64,
+    isolation_rate: u32,
+    runs: Vec<Run>,
+}
+
+struct Ctx<'a> {
+    release: &'a Path,
+    out: &'a Path,
+    veth: &'a Veth,
+    users: u32,
+    phase: Duration,
+    window: usize,
+    iso_rate: u32,
+}
+
+/// Entry point from `cargo xtask bench --xdp`: its own run and report (`xdp.md`, `xdp.json`).
+pub fn run(root: &Path, args: &BenchArgs) -> Result<()> {
+    let t0 = Instant::now();
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { libc::geteuid() } != 0 {
+        println!("XDP rows skipped: needs root (network namespaces, veth, BPF)");
+        return Ok(());
+    }
+    if Command::new("ip").arg("-V").output().is_err() {
+        println!("XDP rows skipped: `ip` (iproute2) not installed; run `bash scripts/setup.sh`");
+        return Ok(());
+    }
+    let release = root.join("target/release");
+    if !args.no_build {
+        crate::run(Command::new("cargo").current_dir(root).args([
+            "build",
+            "--release",
+            "-p",
+            "turnstile-benches",
+            "--bin",
+            "storm-veth",
+        ]))?;
+        let ok = Command::new("cargo")
+            .current_dir(root)
+            .args(["build", "--release", "-p", "turnstile"])
+            .status()
+            .map(|s| s.success())
+            .unwrap_or(false);
+        if !ok {
+            println!("XDP rows skipped: target/release/turnstile did not build");
+            return Ok(());
+        }
+    }
+    for b in ["turnstile", "storm-veth"] {
+        if !release.join(b).exists() {
+            println!("XDP rows skipped: target/release/{b} missing");
+            return Ok(());
+        }
+    }
+    let stamp = stamp();
+    let out = args
+        .out
+        .clone()
+        .unwrap_or_else(|| root.join("bench-results").join(&stamp));
+    std::fs::create_dir_all(&out)?;
+    eprintln!("bench --xdp: results in {}", out.display());
+    let loadavg_before = loadavg();
+    let veth = Veth::create().context("creating the benchmark namespaces")?;
+    let ctx = Ctx {
+        release: &release,
+        out: &out,
+        veth: &veth,
+        users: args
+            .users
+            .unwrap_or(if args.quick { 10_000 } else { 100_000 }),
+        phase: Duration::from_secs_f64(
+            args.phase_seconds
+                .unwrap_or(if args.quick { 2.5 } else { 6.0 })
+                .clamp(0.5, 30.0),
+        ),
+        window: args.window,
+        iso_rate: 2_000,
+    };
+    let rounds = args.rounds.unwrap_or(2).clamp(1, 5);
+    let mut runs = Vec::new();
+    for round in 0..rounds {
+        for mode in ["xdp", "socket"] {
+            let mut r = Run {
+                mode: mode.into(),
+                round,
+                ..Default::default()
+            };
+            if let Err(e) = ctx.run_one(mode, &mut r) {
+                eprintln!("bench --xdp: {mode} round {round}: {e:#}");
+                r.error = Some(format!("{e:#}"));
+            }
+            runs.push(r);
+        }
+    }
+    let users = ctx.users;
+    let phase_s = ctx.phase.as_secs_f64();
+    let iso_rate = ctx.iso_rate;
+    drop(ctx);
+    drop(veth);
+    let res = XdpResults {
+        started_utc: stamp,
+        quick: args.quick,
+        loadavg_before,
+        loadavg_after: loadavg(),
+        users,
+        phase_s,
+        isolation_rate: iso_rate,
+        runs,
+    };
+    std::fs::write(out.join("xdp.json"), serde_json::to_string_pretty(&res)?)?;
+    let md = report_md(&res);
+    std::fs::write(out.join("xdp.md"), &md)?;
+    println!("{md}");
+    eprintln!(
+        "bench --xdp: done in {:.0}s: {}/xdp.md, xdp.json",
+        t0.elapsed().as_secs_f64(),
+        out.display()
+    );
+    Ok(())
+}
+
+fn stamp() -> String {
+    Command::new("date")
+        .args(["-u", "+%Y%m%dT%H%M%SZ"])
+        .output()
+        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
+        .unwrap_or_else(|_| "unknown".into())
+}
+
+fn loadavg() -> String {
+    std::fs::read_to_string("/proc/loadavg")
+        .unwrap_or_default()
+        .trim()
+        .to_string()
+}
+
+fn config(mode: &str, iface: &str) -> String {
+    let xdp = if mode == "xdp" {
+        format!("interface = \"{iface}\"\nxdp_mode = \"driver\"\n")
+    } else {
+        String::new()
+    };
+    format!(
+        r#"# Generated by `cargo xtask bench --xdp` ({mode}).
+[server]
+domain = "bench.test"
+listen = ["{SERVER_V4}:{PORT}"]
+workers = 0
+state_dir = "var"
+snapshot_interval = 0
+
+[dataplane]
+mode = "{mode}"
+{xdp}
+[registrar]
+min_expires = 60
+max_expires = 7200
+default_expires = 3600
+max_contacts_per_aor = 10
+
+# Group B: the measured phones.
+[[ip_group]]
+name = "measured"
+type = "user"
+sources = ["198.18.0.0/24"]
+auth = "none"
+
+# Group A: the flooded one in the isolation case.
+[[ip_group]]
+name = "flood"
+type = "user"
+sources = ["198.18.1.0/24"]
+auth = "none"
+"#
+    )
+}
+
+impl Ctx<'_> {
+    fn start(&self, mode: &str, dir: &Path) -> Result<Server> {
+        let _ = std::fs::remove_dir_all(dir);
+        std::fs::create_dir_all(dir)?;
+        let cfg = dir.join("turnstile.toml");
+        std::fs::write(&cfg, config(mode, &self.veth.if_s))?;
+        let log = std::fs::File::create(dir.join("server.log"))?;
+        let child = Command::new("ip")
+            .args(["netns", "exec", &self.veth.ns_s])
+            .arg(self.release.join("turnstile"))
+            .arg("run")
+            .arg("--config")
+            .arg(&cfg)
+            .env("RUST_LOG", "info")
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .context("spawning turnstile")?;
+        let mut s = Server {
+            pid: child.id(),
+            child: Some(child),
+            sock: dir.join("var/turnstile.sock"),
+        };
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while !s.sock.exists() {
+            if let Some(c) = s.child.as_mut() {
+                if let Ok(Some(st)) = c.try_wait() {
+                    s.child = None;
+                    let log = std::fs::read_to_string(dir.join("server.log")).unwrap_or_default();
+                    bail!(
+                        "turnstile ({mode}) exited at start-up ({st}): {}",
+                        tail(&log)
+                    );
+                }
+            }
+            if Instant::now() > deadline {
+                bail!("turnstile ({mode}) did not start within 20 s");
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        // Ready = answers: a short trickle until something completes (the first frames may
+        // race the XDP attach).
+        for _ in 0..10 {
+            let r = self.storm(GROUP_B_SRC, 0, 100, Some(200), 0.3, 1000)?;
+            if r["completed"].as_u64().unwrap_or(0) > 0 {
+                return Ok(s);
+            }
+        }
+        bail!("turnstile ({mode}) started but answers no REGISTER over the veth")
+    }
+
+    /// One storm-veth run in the generator namespace; its JSON report.
+    fn storm(
+        &self,
+        bind: &str,
+        first_user: u32,
+        users: u32,
+        rate: Option<u32>,
+        secs: f64,
+        timeout_ms: u64,
+    ) -> Result<Value> {
+        let mut c = Command::new("ip");
+        c.args(["netns", "exec", &self.veth.ns_g])
+            .arg(self.release.join("storm-veth"))
+            .args(["--target", &format!("{SERVER_V4}:{PORT}"), "--bind", bind])
+            .args(["--first-user", &first_user.to_string()])
+            .args(["--users", &users.to_string()])
+            .args(["--window", &self.window.to_string()])
+            .args(["--duration", &secs.to_string()])
+            .args(["--timeout-ms", &timeout_ms.to_string()]);
+        if let Some(r) = rate {
+            c.args(["--rate", &r.to_string()]);
+        }
+        let o = c.stderr(Stdio::inherit()).output().context("storm-veth")?;
+        if !o.status.success() {
+            bail!("storm-veth failed: {}", o.status);
+        }
+        serde_json::from_slice(&o.stdout).context("storm-veth output")
+    }
+
+    fn phase(
+        &self,
+        server: &Server,
+        name: &str,
+        rate: Option<u32>,
+        flood_rate: Option<u32>,
+    ) -> Result<PhaseResult> {
+        let c0 = server.cpu();
+        // The flooder starts first and outlasts the measured load on both ends.
+        let flood = flood_rate
+            .map(|fr| {
+                Command::new("ip")
+                    .args(["netns", "exec", &self.veth.ns_g])
+                    .arg(self.release.join("storm-veth"))
+                    .args(["--target", &format!("{SERVER_V4}:{PORT}")])
+                    .args(["--bind", GROUP_A_SRC, "--sockets", "16"])
+                    .args(["--blast", &fr.to_string()])
+                    .args(["--duration", &(self.phase.as_secs_f64() + 1.0).to_string()])
+                    .stdout(Stdio::piped())
+                    .spawn()
+                    .context("spawning the flooder")
+            })
+            .transpose()?;
+        if flood.is_some() {
+            std::thread::sleep(Duration::from_millis(300));
+        }
+        let rep = self.storm(
+            GROUP_B_SRC,
+            0,
+            self.users,
+            rate,
+            self.phase.as_secs_f64(),
+            4000,
+        );
+        let flood = match flood {
+            Some(f) => {
+                let o = f.wait_with_output()?;
+                Some(serde_json::from_slice::<Value>(&o.stdout).unwrap_or(Value::Null))
+            }
+            None => None,
+        };
+        let rep = rep?;
+        let cpu = server.cpu() - c0;
+        let u = |k: &str| rep[k].as_u64().unwrap_or(0);
+        let requests: u64 = rep["per_code"]
+            .as_object()
+            .map(|m| m.values().filter_map(Value::as_u64).sum())
+            .unwrap_or(0);
+        let due = u("started") + u("backlog");
+        let p = PhaseResult {
+            name: name.into(),
+            rate,
+            throughput: rep["throughput"].as_f64().unwrap_or(0.0),
+            started: u("started"),
+            completed: u("completed"),
+            failed: u("failed"),
+            timeouts: u("timeouts"),
+            backlog: u("backlog"),
+            retransmissions: u("retransmissions"),
+            success_pct: if due > 0 {
+                100.0 * u("completed") as f64 / due as f64
+            } else {
+                0.0
+            },
+            p50_us: rep["latency_us"]["p50"].as_u64().unwrap_or(0),
+            p99_us: rep["latency_us"]["p99"].as_u64().unwrap_or(0),
+            max_us: rep["latency_us"]["max"].as_u64().unwrap_or(0),
+            server_cpu_s: cpu,
+            cpu_us_per_register: if requests > 0 {
+                cpu * 1e6 / requests as f64
+            } else {
+                0.0
+            },
+            flood,
+            storm: rep,
+        };
+        eprintln!(
+            "--- {name}: {:.0}/s ok {} failed {} timeouts {} backlog {} success {:.2}% p50 {}µs p99 {}µs, server {:.2} µs/REGISTER{}",
+            p.throughput,
+            p.completed,
+            p.failed,
+            p.timeouts,
+            p.backlog,
+            p.success_pct,
+            p.p50_us,
+            p.p99_us,
+            p.cpu_us_per_register,
+            p.flood
+                .as_ref()
+                .map(|f| format!(", flood {:.0}/s offered", f["rate"].as_f64().unwrap_or(0.0)))
+                .unwrap_or_default()
+        );
+        Ok(p)
+    }
+
+    fn run_one(&self, mode: &str, r: &mut Run) -> Result<()> {
+        eprintln!("=== turnstile {mode} over veth, round {}", r.round);
+        let dir = self.out.join(format!("xdp-{mode}-r{}", r.round));
+        let mut server = self.start(mode, &dir)?;
+        let peak = self.phase(&server, "peak", None, None)?;
+        r.peak = peak.throughput;
+        r.phases.push(peak);
+        let half = ((r.peak * 0.5) as u32).max(100);
+        r.phases
+            .push(self.phase(&server, "half-load", Some(half), None)?);
+        r.phases
+            .push(self.phase(&server, "isolation-unloaded", Some(self.iso_rate), None)?);
+        let flood_rate = ((r.peak * 10.0) as u32).max(10_000);
+        r.phases.push(self.phase(
+            &server,
+            "isolation-flooded",
+            Some(self.iso_rate),
+            Some(flood_rate),
+        )?);
+        let show = |what: &str| -> Value {
+            Command::new(self.release.join("turnstile"))
+                .args(["show", what, "--json", "--socket"])
+                .arg(&server.sock)
+                .output()
+                .ok()
+                .and_then(|o| serde_json::from_slice(&o.stdout).ok())
+                .unwrap_or(Value::Null)
+        };
+        r.stats = show("stats");
+        r.groups = show("groups");
+        let code = server.stop();
+        if mode == "xdp" && r.stats["dataplane"]["xsk_rx"].as_u64().unwrap_or(0) == 0 {
+            bail!("xdp mode but no frame came through AF_XDP: {}", r.stats);
+        }
+        if code != Some(0) {
+            eprintln!("bench --xdp: turnstile ({mode}) exited with {code:?}");
+        }
+        Ok(())
+    }
+}
+
+fn tail(s: &str) -> String {
+    let lines: Vec<&str> = s.lines().collect();
+    lines[lines.len().saturating_sub(15)..].join("\n")
+}
+
+fn fmt_us(v: u64) -> String {
+    if v >= 10_000 {
+        format!("{:.0}ms", v as f64 / 1000.0)
+    } else if v >= 1_000 {
+        format!("{:.1}ms", v as f64 / 1000.0)
+    } else {
+        format!("{v}µs")
+    }
+}
+
+fn mean(v: impl Iterator<Item = f64>) -> f64 {
+    let v: Vec<f64> = v.collect();
+    if v.is_empty() {
+        0.0
+    } else {
+        v.iter().sum::<f64>() / v.len() as f64
+    }
+}
+
+fn report_md(res: &XdpResults) -> String {
+    let mut md = String::new();
+    let _ = writeln!(
+        md,
+        "# XDP vs socket over veth ({})\n\n{} users, {:.1} s phases, {} runs alternated (X, S, …); load average before `{}`, after `{}`.\n",
+        res.started_utc,
+        res.users,
+        res.phase_s,
+        res.runs.len(),
+        res.loadavg_before,
+        res.loadavg_after
+    );
+    let _ = writeln!(
+        md,
+        "| mode | round | peak reg/s | failed | timeouts | server CPU µs/REGISTER (peak) | half-load p50 | p99 | B unloaded: success | p99 | B with A flooded: success | p99 | p99 × unloaded | flood offered /s (× peak) | A dropped by server |\n|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"
+    );
+    for r in &res.runs {
+        if let Some(e) = &r.error {
+            let _ = writeln!(
+                md,
+                "| {} | {} | error: {} |",
+                r.mode,
+                r.round,
+                e.replace('|', "/").replace('\n', " ")
+            );
+            continue;
+        }
+        let ph = |n: &str| {
+            r.phases
+                .iter()
+                .find(|p| p.name == n)
+                .cloned()
+                .unwrap_or_default()
+        };
+        let (pk, half, un, fl) = (
+            ph("peak"),
+            ph("half-load"),
+            ph("isolation-unloaded"),
+            ph("isolation-flooded"),
+        );
+        let frate = fl
+            .flood
+            .as_ref()
+            .and_then(|f| f["rate"].as_f64())
+            .unwrap_or(0.0);
+        let _ = writeln!(
+            md,
+            "| {} | {} | {:.0} | {} | {} | {:.2} | {} | {} | {:.2} % | {} | {:.2} % | {} | {:.2}× | {:.0} ({:.1}×) | {} |",
+            r.mode,
+            r.round,
+            pk.throughput,
+            pk.failed,
+            pk.timeouts,
+            pk.cpu_us_per_register,
+            fmt_us(half.p50_us),
+            fmt_us(half.p99_us),
+            un.success_pct,
+            fmt_us(un.p99_us),
+            fl.success_pct,
+            fmt_us(fl.p99_us),
+            if un.p99_us > 0 { fl.p99_us as f64 / un.p99_us as f64 } else { 0.0 },
+            frate,
+            if r.peak > 0.0 { frate / r.peak } else { 0.0 },
+            group_drops(&r.groups, 1),
+        );
+    }
+    fn ok<'a>(res: &'a XdpResults, m: &'a str) -> impl Iterator<Item = &'a Run> + 'a {
+        res.runs
+            .iter()
+            .filter(move |r| r.mode == m && r.error.is_none())
+    }
+    let peak = |m: &str| mean(ok(res, m).map(|r| r.peak));
+    let cpu =
+        |m: &str| mean(ok(res, m).filter_map(|r| r.phases.first().map(|p| p.cpu_us_per_register)));
+    let (px, ps) = (peak("xdp"), peak("socket"));
+    let _ = writeln!(md);
+    if px > 0.0 && ps > 0.0 {
+        let ratio = px / ps;
+        let _ = writeln!(
+            md,
+            "**XDP / socket peak reg/s: {ratio:.2}×** ({px:.0} vs {ps:.0}, mean over rounds; goal ≥ 1.5×: {}). Server CPU per REGISTER: XDP {:.2} µs, socket {:.2} µs.\n",
+            if ratio >= 1.5 { "met" } else { "NOT met" },
+            cpu("xdp"),
+            cpu("socket")
+        );
+    } else {
+        let _ = writeln!(
+            md,
+            "**No XDP/socket ratio**: a mode has no successful run (see errors above).\n"
+        );
+    }
+    for m in ["xdp", "socket"] {
+        let iso: Vec<(f64, f64)> = ok(res, m)
+            .filter_map(|r| {
+                let un = r.phases.iter().find(|p| p.name == "isolation-unloaded")?;
+                let fl = r.phases.iter().find(|p| p.name == "isolation-flooded")?;
+                Some((fl.success_pct, fl.p99_us as f64 / un.p99_us.max(1) as f64))
+            })
+            .collect();
+        if iso.is_empty() {
+            continue;
+        }
+        let met = iso.iter().all(|(s, q)| *s >= 100.0 && *q <= 2.0);
+        let _ = writeln!(
+            md,
+            "Isolation, {m}: group B success {} %, p99 flooded/unloaded {} (budget: 100 % and ≤ 2×: {}).",
+            iso.iter().map(|(s, _)| format!("{s:.2}")).collect::<Vec<_>>().join(" / "),
+            iso.iter().map(|(_, q)| format!("{q:.2}×")).collect::<Vec<_>>().join(" / "),
+            if met { "met" } else { "NOT met" }
+        );
+    }
+    md
+}
+
+/// Drops counted by the server for group `idx` (`show groups --json`): every numeric field
+/// whose name starts with "drop", summed over the XDP and queue counters.
+fn group_drops(groups: &Value, idx: usize) -> String {
+    fn sum(v: &Value) -> u64 {
+        match v {
+            Value::Object(m) => m
+                .iter()
+                .map(|(k, v)| match v {
+                    Value::Number(n) if k.starts_with("drop") => n.as_u64().unwrap_or(0),
+                    Value::Object(_) => sum(v),
+                    _ => 0,
+                })
+                .sum(),
+            _ => 0,
+        }
+    }
+    match groups["groups"].get(idx) {
+        Some(g) => sum(g).to_string(),
+        None => "n/a".into(),
+    }
+}
