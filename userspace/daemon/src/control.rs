@@ -268,6 +268,8 @@ impl ControlState {
                 "engine_panics": sum(dp, |s| load(&s.engine_panics)),
                 "xsk_rx": sum(dp, |s| load(&s.xsk_rx)),
                 "xsk_tx": sum(dp, |s| load(&s.xsk_tx)),
+                "xsk_drops": sum(dp, |s| s.xsk_drops.iter().map(load).sum::<u64>()),
+                "xsk_fill_ring_empty": sum(dp, |s| load(&s.xsk_fill_ring_empty)),
                 "kernel_drops": sum(dp, |s| s.kernel_drops.iter().map(load).sum::<u64>() + load(&s.kernel_drops_unsteered)),
             },
             "registrations": {
@@ -291,6 +293,7 @@ impl ControlState {
                 let drops: u64 = self.dataplane_stats.iter().map(|s| s.queue_drops.get(i).map_or(0, load)).sum();
                 let kdrops: u64 = self.dataplane_stats.iter().map(|s| s.kernel_drops.get(i).map_or(0, load)).sum();
                 let denied: u64 = self.dataplane_stats.iter().map(|s| s.deny_drops.get(i).map_or(0, load)).sum();
+                let xsk_drops: u64 = self.dataplane_stats.iter().map(|s| s.xsk_drops.get(i).map_or(0, load)).sum();
                 json!({
                     "name": g.group.name,
                     "type": match g.group.kind { GroupKind::User => "user", GroupKind::Server => "server" },
@@ -308,6 +311,7 @@ impl ControlState {
                         "queue_drops": drops,
                         "kernel_drops": kdrops,
                         "deny_drops": denied,
+                        "xsk_drops": xsk_drops,
                     },
                     "xdp": xdp.as_ref().map(|c| json!({
                         "redirect": c.group(id, Verdict::Redirect),

@@ -60,6 +60,11 @@ pub struct DataplaneStats {
     pub deny_drops: Vec<AtomicU64>,
     /// Engine events (auth failures) not forwarded because the control channel was full.
     pub events_dropped: AtomicU64,
+    /// XDP mode, kernel `XDP_STATISTICS` (gauges, sampled about once a second): packets
+    /// dropped per AF_XDP class socket (RX ring full or no frame), and receives that found
+    /// the shared fill ring empty (per UMEM, summed over this worker's queues).
+    pub xsk_drops: Vec<AtomicU64>,
+    pub xsk_fill_ring_empty: AtomicU64,
 }
 
 impl DataplaneStats {
@@ -79,6 +84,8 @@ impl DataplaneStats {
             engine_panics: AtomicU64::new(0),
             deny_drops: (0..classes).map(|_| AtomicU64::new(0)).collect(),
             events_dropped: AtomicU64::new(0),
+            xsk_drops: (0..classes).map(|_| AtomicU64::new(0)).collect(),
+            xsk_fill_ring_empty: AtomicU64::new(0),
         }
     }
 }
@@ -436,6 +443,7 @@ fn run(setup: WorkerSetup, mut engine: Engine) {
         if last_sample.elapsed() >= std::time::Duration::from_secs(1) {
             last_sample = std::time::Instant::now();
             sample_kernel_drops(&fds, &steered, &stats);
+            sample_xsk_drops(&xsks, &stats);
         }
 
         // 4. idle wait
@@ -455,6 +463,7 @@ fn run(setup: WorkerSetup, mut engine: Engine) {
     }
     stats.queued.store(fair.len() as u64, Ordering::Relaxed);
     sample_kernel_drops(&fds, &steered, &stats);
+    sample_xsk_drops(&xsks, &stats);
     tracing::debug!(worker = index, "worker stopped");
 }
 
@@ -492,6 +501,33 @@ fn guarded(
         bump(&stats.engine_panics, 1);
         tracing::error!(%src, "engine panicked on a datagram; dropped it (this is a bug, please report)");
     }
+}
+
+fn sample_xsk_drops(xsks: &[XskQueue], stats: &DataplaneStats) {
+    if xsks.is_empty() {
+        return;
+    }
+    let mut per_class = vec![0u64; stats.xsk_drops.len()];
+    let mut fill_empty = 0u64;
+    for q in xsks {
+        let mut pool_empty = 0;
+        for c in 0..q.classes() {
+            if let Ok(st) = q.statistics(c) {
+                if let Some(v) = per_class.get_mut(c as usize) {
+                    *v += st.rx_dropped + st.rx_ring_full;
+                }
+                // The fill ring is shared by the classes of a queue: same number on each.
+                pool_empty = pool_empty.max(st.rx_fill_ring_empty_descs);
+            }
+        }
+        fill_empty += pool_empty;
+    }
+    for (a, v) in stats.xsk_drops.iter().zip(per_class) {
+        a.store(v, Ordering::Relaxed);
+    }
+    stats
+        .xsk_fill_ring_empty
+        .store(fill_empty, Ordering::Relaxed);
 }
 
 fn sample_kernel_drops(fds: &[i32], steered: &[Option<usize>], stats: &DataplaneStats) {

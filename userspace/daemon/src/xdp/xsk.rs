@@ -46,6 +46,9 @@ pub enum BindMode {
     ZeroCopy,
 }
 
+/// Copy mode: most `sendto` kicks per socket per `flush` (each sends up to 32 descriptors).
+const MAX_TX_KICKS: usize = 64;
+
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct XskConfig {
     /// Frame (chunk) size, a power of two in 2048..=4096.
@@ -646,11 +649,26 @@ impl XskQueue {
                 s.tx_pending.drain(..written);
                 submitted += written as u32;
             }
-            // Kick while the kernel has not consumed everything: in copy mode each sendto
-            // transmits a bounded batch (32 descriptors), so a big batch needs several kicks
-            // across iterations; in zero-copy mode only when the driver asks (need_wakeup).
-            if s.tx.pending() > 0 && (self.copy_mode_wake || s.tx.needs_wakeup()) {
-                s.tx.wake(); // sendto(fd, NULL, 0, MSG_DONTWAIT)
+            // Kick while the kernel has not consumed everything. In copy mode each sendto
+            // transmits a bounded batch (32 descriptors): kick again, now, while that makes
+            // progress. One kick per iteration would let replies pile up in the TX ring
+            // faster than they leave, and the frames they hold are the ones the shared fill
+            // ring needs: under a flood of one class, every class would then lose packets
+            // for want of a frame (rx_fill_ring_empty_descs). Zero-copy: only when the
+            // driver asks (need_wakeup).
+            if self.copy_mode_wake {
+                for _ in 0..MAX_TX_KICKS {
+                    let before = s.tx.pending();
+                    if before == 0 {
+                        break;
+                    }
+                    s.tx.wake(); // sendto(fd, NULL, 0, MSG_DONTWAIT)
+                    if s.tx.pending() >= before {
+                        break; // the device is busy; the next flush retries
+                    }
+                }
+            } else if s.tx.pending() > 0 && s.tx.needs_wakeup() {
+                s.tx.wake();
             }
         }
         self.tx_out += submitted;
