@@ -400,6 +400,24 @@ impl ControlState {
                 rows(&stats["xdp"], "verdict"),
             );
         }
+        let mut deny = rows(&stats["deny"], "counter");
+        deny.retain(|(l, _)| {
+            [
+                "denied_now",
+                "denials_total",
+                "drops",
+                "events_dropped",
+                "untracked_failures",
+            ]
+            .iter()
+            .any(|k| l.contains(&format!("\"{k}\"")))
+        });
+        family(
+            "turnstile_deny",
+            "gauge",
+            "Deny list after repeated auth failures: sources denied now, decisions and drops since start.",
+            deny,
+        );
         let mut per_group = Vec::new();
         for g in groups["groups"].as_array().into_iter().flatten() {
             let name = esc(g["name"].as_str().unwrap_or("?"));

@@ -183,15 +183,26 @@ fn print_stats(v: &Value) {
         v["mode"].as_str().unwrap_or("?"),
         v["workers"]
     );
-    for section in ["registrations", "engine", "dataplane", "xdp"] {
+    for section in ["registrations", "engine", "dataplane", "xdp", "deny"] {
         let Some(m) = v[section].as_object() else {
             continue;
         };
         println!("{section}:");
-        {
-            for (k, val) in m {
+        for (k, val) in m {
+            if !val.is_array() {
                 println!("  {k:<28} {val}");
             }
+        }
+    }
+    let denied = v["deny"]["sources"].as_array().cloned().unwrap_or_default();
+    if !denied.is_empty() {
+        println!("denied sources:");
+        for d in &denied {
+            println!(
+                "  {:<40} {}s left",
+                d["source"].as_str().unwrap_or("?"),
+                d["remaining_s"]
+            );
         }
     }
 }

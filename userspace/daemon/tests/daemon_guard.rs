@@ -271,6 +271,15 @@ fn repeated_auth_failures_deny_the_source_only() {
     assert_eq!(stats["engine"]["auth_failures"], 3, "{stats}");
     let groups = daemon.show("groups");
     assert_eq!(groups["groups"][0]["counters"]["deny_drops"], 1, "{groups}");
+    let text = Command::new(BIN)
+        .args(["show", "stats", "--config", cfg.to_str().unwrap()])
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&text.stdout);
+    assert!(
+        text.contains("denied sources:") && text.contains("127.0.0.21"),
+        "{text}"
+    );
     assert_eq!(groups["deny"]["denied_now"], 1, "{groups}");
 
     let (status, log) = daemon.terminate();

@@ -788,3 +788,83 @@ fn xdp_mode_flood_isolation_driver() {
 fn xdp_mode_flood_isolation_skb() {
     flood_isolation("skb");
 }
+
+/// SIGHUP in XDP mode: a new per-source rate reaches the program's LPM maps.
+#[test]
+fn xdp_mode_reload_updates_source_rate() {
+    if !privileged() {
+        return;
+    }
+    let ns = match Netns::create() {
+        Ok(n) => n,
+        Err(e) => {
+            eprintln!("skipping: cannot create namespaces: {e}");
+            return;
+        }
+    };
+    let config = |rate: u32, burst: u32| {
+        format!(
+            r#"[server]
+domain = "example.test"
+listen = ["198.18.0.1:5060"]
+workers = 1
+state_dir = "state"
+
+[dataplane]
+mode = "xdp"
+interface = "{}"
+xdp_mode = "skb"
+
+[[ip_group]]
+name = "limited"
+type = "user"
+sources = ["198.18.0.0/24"]
+auth = "none"
+source_rate_pps = {rate}
+source_burst = {burst}
+"#,
+            ns.if_a
+        )
+    };
+    let daemon = XdpDaemon::start(&ns, &config(1, 2));
+    let burst = |user: &'static str| {
+        ns.run_in(&ns.b, move || {
+            let s = UdpSocket::bind("198.18.0.3:0").unwrap();
+            s.set_read_timeout(Some(Duration::from_millis(300)))
+                .unwrap();
+            let me = s.local_addr().unwrap();
+            for i in 1..=30 {
+                s.send_to(register(me, user, i).as_bytes(), "198.18.0.1:5060")
+                    .unwrap();
+            }
+            let mut buf = [0u8; 4096];
+            let mut n = 0;
+            while s.recv_from(&mut buf).is_ok() {
+                n += 1;
+            }
+            n
+        })
+    };
+    // Let the attach settle (first frames may race it), then drain the bucket.
+    std::thread::sleep(Duration::from_millis(300));
+    let before = burst("carol");
+    assert!(
+        before <= 4,
+        "rate limit not applied at start: {before} answers"
+    );
+
+    std::fs::write(daemon.dir.path().join("xdp.toml"), config(100_000, 100_000)).unwrap();
+    let pid = daemon.child.as_ref().unwrap().id() as i32;
+    // SAFETY: signalling our own child.
+    unsafe { libc::kill(pid, libc::SIGHUP) };
+    let groups = daemon.wait_show("groups", |g| g["groups"][0]["source_rate_pps"] == 100_000);
+    assert_eq!(groups["groups"][0]["source_burst"], 100_000, "{groups}");
+    let after = burst("dave");
+    let (code, log) = daemon.terminate();
+    assert!(
+        after >= 28,
+        "new rate not applied: {after} answers of 30\n{log}"
+    );
+    assert_eq!(code, Some(0), "{log}");
+    assert!(log.contains("source_rate_pps"), "{log}");
+}
