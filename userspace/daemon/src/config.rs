@@ -1065,8 +1065,7 @@ fn validate(c: &mut Collector, raw: RawConfig, base: &Path) -> Option<Config> {
                 "set source_rate_pps (packets per second per source) too, or remove source_burst",
             );
         }
-        if g.source_rate_pps.is_some() && dataplane.mode == DataplaneMode::Socket {
-            let v = g.source_rate_pps.as_ref().expect("checked");
+        if let (Some(v), DataplaneMode::Socket) = (&g.source_rate_pps, dataplane.mode) {
             c.at(
                 v.span(),
                 "source_rate_pps is enforced by the XDP program only",

@@ -473,7 +473,7 @@ auth = "none"
                 {
                     let _ = s.send(msgs[i % msgs.len()].as_bytes());
                     i += 1;
-                    if i % 1000 == 0 {
+                    if i.is_multiple_of(1000) {
                         let due = Duration::from_micros(i as u64 * 50);
                         if let Some(ahead) = due.checked_sub(t0.elapsed()) {
                             std::thread::sleep(ahead);
