@@ -47,6 +47,19 @@ struct Args {
     /// Flood mode: fire-and-forget REGISTERs at up to this many per second.
     #[arg(long)]
     blast: Option<u32>,
+    /// Flood mode: send the flood as raw Ethernet frames (AF_PACKET) on this interface
+    /// instead of through UDP sockets: no socket-layer cost on the sending side, so the
+    /// flooder gets closer to "10× what the server sustains". Needs --src-mac/--dst-mac.
+    #[arg(long)]
+    raw_iface: Option<String>,
+    #[arg(long)]
+    src_mac: Option<String>,
+    #[arg(long)]
+    dst_mac: Option<String>,
+    /// Generator-ceiling mode: be the do-nothing responder (200 to everything) on `--target`
+    /// with `--threads` threads for `--duration` seconds (or until SIGTERM).
+    #[arg(long)]
+    respond: bool,
 }
 
 /// 198.18.0.0/15 (RFC 2544 benchmarking range).
@@ -66,6 +79,15 @@ fn main() -> anyhow::Result<()> {
         a.bind
     );
     let duration = Duration::from_secs_f64(a.duration.clamp(0.1, 120.0));
+    if a.respond {
+        let r = turnstile_benches::NullResponder::spawn(a.target, a.threads.max(1))?;
+        // Bounded by `--duration`; the benchmark stops it earlier by PID (SIGTERM's default
+        // action ends the process).
+        std::thread::sleep(duration);
+        eprintln!("storm-veth --respond: answered {}", r.answered());
+        r.stop();
+        return Ok(());
+    }
     if let Some(rate) = a.blast {
         let r = blast(&a, rate, duration)?;
         println!("{}", serde_json::to_string(&r)?);
@@ -107,9 +129,17 @@ const CTR: usize = 16;
 
 fn blast(a: &Args, rate: u32, duration: Duration) -> anyhow::Result<BlastReport> {
     const BATCH: usize = 64;
-    let socks: Vec<UdpSocket> = (0..a.sockets.clamp(1, 256))
-        .map(|_| turnstile_benches::storm::client_socket(a.bind, a.target))
-        .collect::<Result<_, _>>()?;
+    let raw = match &a.raw_iface {
+        Some(i) => Some(Raw::open(a, i)?),
+        None => None,
+    };
+    let socks: Vec<UdpSocket> = if raw.is_some() {
+        Vec::new()
+    } else {
+        (0..a.sockets.clamp(1, 256))
+            .map(|_| turnstile_benches::storm::client_socket(a.bind, a.target))
+            .collect::<Result<_, _>>()?
+    };
     // One template per batch slot; the counter placeholders are rewritten before each send.
     let mut bufs: Vec<Vec<u8>> = Vec::with_capacity(BATCH);
     let mut marks: Vec<Vec<usize>> = Vec::with_capacity(BATCH);
@@ -143,6 +173,10 @@ fn blast(a: &Args, rate: u32, duration: Duration) -> anyhow::Result<BlastReport>
             if keep.last().is_none_or(|&l: &usize| p >= l + CTR) {
                 keep.push(p);
             }
+        }
+        if let Some(r) = &raw {
+            let off = r.frame_head(&mut m, bufs.len() as u16)?;
+            keep.iter_mut().for_each(|p| *p += off);
         }
         bufs.push(m);
         marks.push(keep);
@@ -182,10 +216,17 @@ fn blast(a: &Args, rate: u32, duration: Duration) -> anyhow::Result<BlastReport>
                 let mut h: libc::mmsghdr = unsafe { std::mem::zeroed() };
                 h.msg_hdr.msg_iov = v as *mut _;
                 h.msg_hdr.msg_iovlen = 1;
+                if let Some(r) = &raw {
+                    h.msg_hdr.msg_name = &r.addr as *const _ as *mut _;
+                    h.msg_hdr.msg_namelen = std::mem::size_of::<libc::sockaddr_ll>() as u32;
+                }
                 h
             })
             .collect();
-        let fd = socks[si % socks.len()].as_raw_fd();
+        let fd = match &raw {
+            Some(r) => r.fd,
+            None => socks[si % socks.len()].as_raw_fd(),
+        };
         si += 1;
         // SAFETY: fd is a connected UDP socket; hdrs holds n valid headers.
         let r = unsafe { libc::sendmmsg(fd, hdrs.as_mut_ptr(), n as u32, libc::MSG_DONTWAIT) };
@@ -204,4 +245,93 @@ fn blast(a: &Args, rate: u32, duration: Duration) -> anyhow::Result<BlastReport>
         rate: sent as f64 / secs,
         send_errors: errors,
     })
+}
+
+/// A send-only AF_PACKET socket: protocol 0 (it receives nothing); each frame is addressed
+/// with a `sockaddr_ll` naming the interface and ETH_P_IP.
+struct Raw {
+    fd: i32,
+    addr: libc::sockaddr_ll,
+    src_mac: [u8; 6],
+    dst_mac: [u8; 6],
+    src: Ipv4Addr,
+    dst: SocketAddr,
+}
+
+fn mac(s: &str) -> anyhow::Result<[u8; 6]> {
+    let v: Vec<u8> = s
+        .split(':')
+        .map(|h| u8::from_str_radix(h, 16))
+        .collect::<Result<_, _>>()?;
+    v.try_into()
+        .map_err(|_| anyhow::anyhow!("bad MAC address {s}"))
+}
+
+impl Raw {
+    fn open(a: &Args, iface: &str) -> anyhow::Result<Raw> {
+        let (IpAddr::V4(src), Some(sm), Some(dm)) = (a.bind, &a.src_mac, &a.dst_mac) else {
+            anyhow::bail!("--raw-iface needs an IPv4 --bind, --src-mac and --dst-mac");
+        };
+        let name = std::ffi::CString::new(iface)?;
+        // SAFETY: valid C string.
+        let ifindex = unsafe { libc::if_nametoindex(name.as_ptr()) };
+        anyhow::ensure!(ifindex != 0, "no interface {iface} in this namespace");
+        // SAFETY: plain socket(2) call.
+        let fd = unsafe { libc::socket(libc::AF_PACKET, libc::SOCK_RAW, 0) };
+        anyhow::ensure!(fd >= 0, "AF_PACKET: {}", std::io::Error::last_os_error());
+        // SAFETY: zeroed sockaddr_ll is valid.
+        let mut addr: libc::sockaddr_ll = unsafe { std::mem::zeroed() };
+        addr.sll_family = libc::AF_PACKET as u16;
+        addr.sll_protocol = (libc::ETH_P_IP as u16).to_be();
+        addr.sll_ifindex = ifindex as i32;
+        addr.sll_halen = 6;
+        let dst_mac = mac(dm)?;
+        addr.sll_addr[..6].copy_from_slice(&dst_mac);
+        Ok(Raw {
+            fd,
+            addr,
+            src_mac: mac(sm)?,
+            dst_mac,
+            src,
+            dst: a.target,
+        })
+    }
+
+    /// Prefix the SIP message `m` with Ethernet, IPv4 and UDP headers (UDP checksum 0, allowed
+    /// over IPv4: the payload counter is rewritten per frame). Returns the header length.
+    fn frame_head(&self, m: &mut Vec<u8>, slot: u16) -> anyhow::Result<usize> {
+        let IpAddr::V4(dst) = self.dst.ip() else {
+            anyhow::bail!("IPv4 target only");
+        };
+        let udp_len = 8 + m.len();
+        let ip_len = 20 + udp_len;
+        let mut h = Vec::with_capacity(42);
+        h.extend_from_slice(&self.dst_mac);
+        h.extend_from_slice(&self.src_mac);
+        h.extend_from_slice(&0x0800u16.to_be_bytes());
+        let ip_start = h.len();
+        h.extend_from_slice(&[0x45, 0]);
+        h.extend_from_slice(&(ip_len as u16).to_be_bytes());
+        h.extend_from_slice(&[0, 0, 0x40, 0, 64, 17, 0, 0]);
+        h.extend_from_slice(&self.src.octets());
+        h.extend_from_slice(&dst.octets());
+        let mut sum: u32 = h[ip_start..]
+            .chunks(2)
+            .map(|c| u32::from(u16::from_be_bytes([c[0], c[1]])))
+            .sum();
+        while sum > 0xffff {
+            sum = (sum & 0xffff) + (sum >> 16);
+        }
+        let ck = !(sum as u16);
+        h[ip_start + 10..ip_start + 12].copy_from_slice(&ck.to_be_bytes());
+        // Source ports vary by slot: flows hash over the veth queues like real phones.
+        h.extend_from_slice(&(40_000 + slot % 16).to_be_bytes());
+        h.extend_from_slice(&self.dst.port().to_be_bytes());
+        h.extend_from_slice(&(udp_len as u16).to_be_bytes());
+        h.extend_from_slice(&[0, 0]);
+        let off = h.len();
+        h.extend_from_slice(m);
+        *m = h;
+        Ok(off)
+    }
 }
