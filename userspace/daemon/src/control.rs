@@ -3,6 +3,9 @@
 //!   workers and write the final snapshot;
 //! - calls `shared.handle_timeout(now)` every second (binding expiry);
 //! - writes the periodic registration snapshot;
+//! - turns the workers' auth-failure events into deny-list entries (every 100 ms) and lifts
+//!   them when their period ends ([`crate::deny`]);
+//! - reloads the configuration on SIGHUP ([`ControlState::reload`], [`reload_plan`]);
 //! - serves the control socket (`<state_dir>/turnstile.sock`): JSON lines, one request
 //!   `{"cmd": "stats" | "groups" | "registrations" | "ping", "aor": ...}` per line, one
 //!   response `{"ok": true, ...}` or `{"ok": false, "error": "..."}` per line.
