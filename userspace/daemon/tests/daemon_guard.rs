@@ -13,6 +13,13 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+/// These tests each start a daemon and push real traffic; on the 2-core machine they starve
+/// each other when run in parallel (a flood test once saw 0/200 that way). One at a time.
+fn serial() -> std::sync::MutexGuard<'static, ()> {
+    static LOCK: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    LOCK.lock().unwrap_or_else(|e| e.into_inner())
+}
+
 const BIN: &str = env!("CARGO_BIN_EXE_turnstile");
 
 fn free_udp_port() -> u16 {
@@ -215,6 +222,7 @@ auth = "local"
 
 #[test]
 fn repeated_auth_failures_deny_the_source_only() {
+    let _serial = serial();
     let port = free_udp_port();
     let server: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
     let d = tempfile::tempdir().unwrap();
@@ -292,6 +300,7 @@ fn repeated_auth_failures_deny_the_source_only() {
 
 #[test]
 fn deny_after_zero_never_denies() {
+    let _serial = serial();
     let port = free_udp_port();
     let server: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
     let d = tempfile::tempdir().unwrap();
@@ -324,6 +333,7 @@ fn deny_after_zero_never_denies() {
 
 #[test]
 fn sighup_applies_live_settings_and_keeps_config_on_error() {
+    let _serial = serial();
     let port = free_udp_port();
     let server: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
     let d = tempfile::tempdir().unwrap();
@@ -418,6 +428,7 @@ fn collect(s: &UdpSocket, ok: &mut HashSet<String>, until: Instant) {
 /// once after 1 s as a UA would. All 200 must succeed. One worker: the contention is real.
 #[test]
 fn flood_from_one_group_does_not_starve_another() {
+    let _serial = serial();
     let port = free_udp_port();
     let server: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
     let d = tempfile::tempdir().unwrap();

@@ -17,6 +17,13 @@ use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
+/// These tests each start a daemon and push real traffic; on the 2-core machine they starve
+/// each other when run in parallel (a flood test once saw 0/200 that way). One at a time.
+fn serial() -> std::sync::MutexGuard<'static, ()> {
+    static LOCK: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    LOCK.lock().unwrap_or_else(|e| e.into_inner())
+}
+
 const BIN: &str = env!("CARGO_BIN_EXE_turnstile");
 
 fn ip(args: &[&str]) -> Result<(), String> {
@@ -336,11 +343,13 @@ source_burst = 2
 
 #[test]
 fn xdp_mode_registers_through_af_xdp_driver() {
+    let _serial = serial();
     run_xdp_mode("driver");
 }
 
 #[test]
 fn xdp_mode_registers_through_af_xdp_skb() {
+    let _serial = serial();
     run_xdp_mode("skb");
 }
 
@@ -496,6 +505,7 @@ fn transact(s: &UdpSocket, msg: &str, wait: Duration) -> Option<String> {
 /// map; its next request is dropped at the NIC (`drop_denied`), 198.18.0.4 is still served.
 #[test]
 fn xdp_mode_denies_a_source_after_repeated_auth_failures() {
+    let _serial = serial();
     if !privileged() {
         return;
     }
@@ -781,17 +791,20 @@ auth = "none"
 
 #[test]
 fn xdp_mode_flood_isolation_driver() {
+    let _serial = serial();
     flood_isolation("driver");
 }
 
 #[test]
 fn xdp_mode_flood_isolation_skb() {
+    let _serial = serial();
     flood_isolation("skb");
 }
 
 /// SIGHUP in XDP mode: a new per-source rate reaches the program's LPM maps.
 #[test]
 fn xdp_mode_reload_updates_source_rate() {
+    let _serial = serial();
     if !privileged() {
         return;
     }
