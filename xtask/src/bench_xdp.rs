@@ -19,7 +19,10 @@
 //! 3. isolation, unloaded: group B alone at a modest open-loop rate;
 //! 4. isolation, flooded: the same group B load while group A is flooded with fire-and-forget
 //!    REGISTERs (unique branch/Call-ID each) paced at 10× the run's peak (whatever the flooder
-//!    actually achieves is reported as the real multiple).
+//!    actually achieves is reported as the real multiple);
+//! 5. isolation, control: the same flood aimed at a closed port of the server address, so
+//!    it costs the shared cores the same (sending, veth, softirq) but never reaches the
+//!    daemon: how much of group B's p99 inflation is the machine rather than the daemon.
 //!
 //! Server CPU is `utime + stime` of the daemon (`ip netns exec` execs it in place, so the
 //! child's PID is the daemon's) around each phase. XDP program time and the veth copy into
@@ -41,6 +44,9 @@ const SERVER_V4: &str = "198.18.0.1";
 const GROUP_B_SRC: &str = "198.18.0.2";
 const GROUP_A_SRC: &str = "198.18.1.2";
 const PORT: u16 = 5060;
+/// Nobody listens here: the control flood costs the machine the same but never reaches the
+/// daemon (XDP passes non-SIP ports to the stack, which answers with rate-limited ICMP).
+const CONTROL_PORT: u16 = 5999;
 /// veth rx/tx queues on both ends (native XDP needs the host side's rx queues ≥ the peer's
 /// tx queues); one per core of the 2-core machine, one daemon worker each.
 const QUEUES: u32 = 2;
@@ -72,7 +78,8 @@ struct Veth {
 
 impl Veth {
     fn create() -> Result<Veth> {
-        let tag = std::process::id() % 100_000;
+        Self::remove_stale();
+        let tag = std::process::id();
         let v = Veth {
             ns_s: format!("tsbx-{tag}-s"),
             ns_g: format!("tsbx-{tag}-g"),
@@ -110,6 +117,28 @@ impl Veth {
 }
 
 impl Veth {
+    /// Namespaces of earlier runs whose process is gone (interrupted before the guard ran):
+    /// `tsbx-<pid>-{s,g}` with no process `<pid>`. Only our own naming scheme is touched.
+    fn remove_stale() {
+        let Ok(o) = Command::new("ip").args(["netns", "list"]).output() else {
+            return;
+        };
+        for line in String::from_utf8_lossy(&o.stdout).lines() {
+            let name = line.split_whitespace().next().unwrap_or("");
+            let Some(pid) = name
+                .strip_prefix("tsbx-")
+                .and_then(|r| r.split('-').next())
+                .and_then(|p| p.parse::<u32>().ok())
+            else {
+                continue;
+            };
+            if !Path::new(&format!("/proc/{pid}")).exists() {
+                eprintln!("bench --xdp: removing stale namespace {name}");
+                let _ = ip(&["netns", "del", name]);
+            }
+        }
+    }
+
     /// MAC address of `ifn` in namespace `ns`.
     fn mac(ns: &str, ifn: &str) -> Option<String> {
         let o = Command::new("ip")
@@ -316,7 +345,6 @@ pub fn run(root: &Path, args: &BenchArgs) -> Result<()> {
     let users = ctx.users;
     let phase_s = ctx.phase.as_secs_f64();
     let iso_rate = ctx.iso_rate;
-    drop(ctx);
     drop(veth);
     let res = XdpResults {
         started_utc: stamp,
@@ -483,6 +511,20 @@ impl Ctx<'_> {
         rate: Option<u32>,
         flood_rate: Option<u32>,
     ) -> Result<PhaseResult> {
+        self.phase_to(server, name, rate, flood_rate, PORT)
+    }
+
+    /// `phase` with the flood aimed at `flood_port` (the control case aims it at a port
+    /// nobody listens on: same packets, same CPU for sending and receiving them, but they
+    /// never reach the daemon).
+    fn phase_to(
+        &self,
+        server: &Server,
+        name: &str,
+        rate: Option<u32>,
+        flood_rate: Option<u32>,
+        flood_port: u16,
+    ) -> Result<PhaseResult> {
         let c0 = server.cpu();
         // The flooder starts first and outlasts the measured load on both ends.
         let flood = flood_rate
@@ -490,7 +532,7 @@ impl Ctx<'_> {
                 let mut c = Command::new("ip");
                 c.args(["netns", "exec", &self.veth.ns_g])
                     .arg(self.release.join("storm-veth"))
-                    .args(["--target", &format!("{SERVER_V4}:{PORT}")])
+                    .args(["--target", &format!("{SERVER_V4}:{flood_port}")])
                     .args(["--bind", GROUP_A_SRC, "--sockets", "16"])
                     .args(["--blast", &fr.to_string()])
                     .args(["--duration", &(self.phase.as_secs_f64() + 1.0).to_string()]);
@@ -585,14 +627,14 @@ impl Ctx<'_> {
         Ok(p)
     }
 
-    /// The generator's ceiling over this veth: the do-nothing responder (one thread, like
-    /// the loopback benchmark's) in the server namespace, peak phase only.
+    /// The generator's ceiling over this veth: the do-nothing responder (two threads, as
+    /// many as the daemon has workers) in the server namespace, peak phase only.
     fn run_null(&self, r: &mut Run) -> Result<()> {
         eprintln!("=== null responder over veth (generator ceiling)");
         let child = Command::new("ip")
             .args(["netns", "exec", &self.veth.ns_s])
             .arg(self.release.join("storm-veth"))
-            .args(["--respond", "--threads", "1", "--duration", "60"])
+            .args(["--respond", "--threads", "2", "--duration", "60"])
             .args([
                 "--target",
                 &format!("{SERVER_V4}:{PORT}"),
@@ -643,6 +685,13 @@ impl Ctx<'_> {
             "isolation-flooded",
             Some(self.iso_rate),
             Some(flood_rate),
+        )?);
+        r.phases.push(self.phase_to(
+            &server,
+            "isolation-control",
+            Some(self.iso_rate),
+            Some(flood_rate),
+            CONTROL_PORT,
         )?);
         let show = |what: &str| -> Value {
             Command::new(self.release.join("turnstile"))
@@ -704,7 +753,7 @@ fn report_md(res: &XdpResults) -> String {
     );
     let _ = writeln!(
         md,
-        "| mode | round | peak reg/s | failed | timeouts | server CPU µs/REGISTER (peak) | half-load p50 | p99 | B unloaded: success | p99 | B with A flooded: success | p99 | p99 × unloaded | flood A sent /s (× peak) | A handled by server % (counted drops) |\n|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"
+        "| mode | round | peak reg/s | failed | timeouts | server CPU µs/REGISTER (peak) | half-load p50 | p99 | B unloaded: success | p99 | B with A flooded: success | p99 | p99 × unloaded | control: flood to a closed port, B p99 | flood A sent /s (× peak) | A handled by server % (counted drops) |\n|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"
     );
     for r in &res.runs {
         if let Some(e) = &r.error {
@@ -721,7 +770,7 @@ fn report_md(res: &XdpResults) -> String {
             let pk = r.phases.first().cloned().unwrap_or_default();
             let _ = writeln!(
                 md,
-                "| null-responder (generator ceiling) | | {:.0} | {} | {} | {:.2} | | | | | | | | | |",
+                "| null-responder (generator ceiling) | | {:.0} | {} | {} | {:.2} | | | | | | | | | | |",
                 pk.throughput, pk.failed, pk.timeouts, pk.cpu_us_per_register
             );
             continue;
@@ -739,6 +788,7 @@ fn report_md(res: &XdpResults) -> String {
             ph("isolation-unloaded"),
             ph("isolation-flooded"),
         );
+        let ctl = ph("isolation-control");
         let frate = fl
             .flood
             .as_ref()
@@ -746,7 +796,7 @@ fn report_md(res: &XdpResults) -> String {
             .unwrap_or(0.0);
         let _ = writeln!(
             md,
-            "| {} | {} | {:.0} | {} | {} | {:.2} | {} | {} | {:.2} % | {} | {:.2} % | {} | {:.2}× | {:.0} ({:.1}×) | {} |",
+            "| {} | {} | {:.0} | {} | {} | {:.2} | {} | {} | {:.2} % | {} | {:.2} %{} | {} | {:.2}× | {} | {:.0} ({:.1}×) | {} |",
             r.mode,
             r.round,
             pk.throughput,
@@ -758,8 +808,14 @@ fn report_md(res: &XdpResults) -> String {
             un.success_pct,
             fmt_us(un.p99_us),
             fl.success_pct,
+            if fl.retransmissions > 0 {
+                format!(" ({} retrans.)", fl.retransmissions)
+            } else {
+                String::new()
+            },
             fmt_us(fl.p99_us),
             if un.p99_us > 0 { fl.p99_us as f64 / un.p99_us as f64 } else { 0.0 },
+            fmt_us(ctl.p99_us),
             frate,
             if r.peak > 0.0 { frate / r.peak } else { 0.0 },
             group_a(&r.groups, fl.flood.as_ref()),
@@ -813,23 +869,31 @@ fn report_md(res: &XdpResults) -> String {
         );
     }
     for m in ["xdp", "socket"] {
-        let iso: Vec<(f64, f64)> = ok(res, m)
+        let iso: Vec<(f64, f64, f64)> = ok(res, m)
             .filter_map(|r| {
                 let un = r.phases.iter().find(|p| p.name == "isolation-unloaded")?;
                 let fl = r.phases.iter().find(|p| p.name == "isolation-flooded")?;
-                Some((fl.success_pct, fl.p99_us as f64 / un.p99_us.max(1) as f64))
+                let ctl = r.phases.iter().find(|p| p.name == "isolation-control");
+                let u = un.p99_us.max(1) as f64;
+                Some((
+                    fl.success_pct,
+                    fl.p99_us as f64 / u,
+                    ctl.map_or(0.0, |c| c.p99_us as f64 / u),
+                ))
             })
             .collect();
         if iso.is_empty() {
             continue;
         }
-        let met = iso.iter().all(|(s, q)| *s >= 100.0 && *q <= 2.0);
+        let met = iso.iter().all(|(s, q, _)| *s >= 100.0 && *q <= 2.0);
         let _ = writeln!(
             md,
-            "Isolation, {m}: group B success {} %, p99 flooded/unloaded {} (budget: 100 % and ≤ 2×: {}).",
-            iso.iter().map(|(s, _)| format!("{s:.2}")).collect::<Vec<_>>().join(" / "),
-            iso.iter().map(|(_, q)| format!("{q:.2}×")).collect::<Vec<_>>().join(" / "),
-            if met { "met" } else { "NOT met" }
+            "Isolation, {m}: group B success {} %, p99 flooded/unloaded {} (budget: 100 % and ≤ 2×: {}); \
+             control (same flood to a closed port) p99/unloaded {}.",
+            iso.iter().map(|(s, _, _)| format!("{s:.2}")).collect::<Vec<_>>().join(" / "),
+            iso.iter().map(|(_, q, _)| format!("{q:.2}×")).collect::<Vec<_>>().join(" / "),
+            if met { "met" } else { "NOT met" },
+            iso.iter().map(|(_, _, c)| format!("{c:.2}×")).collect::<Vec<_>>().join(" / ")
         );
     }
     md
