@@ -122,8 +122,8 @@ pub struct BenchArgs {
     /// Kamailio UDP worker processes.
     #[arg(long, default_value_t = 2)]
     pub kamailio_children: usize,
-    /// Null responder threads.
-    #[arg(long, default_value_t = 1)]
+    /// Null responder threads (SO_REUSEPORT sockets).
+    #[arg(long, default_value_t = 2)]
     pub null_threads: usize,
     /// Also measure Turnstile with the XDP data plane (needs the daemon's xdp mode).
     #[arg(long)]
