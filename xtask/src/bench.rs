@@ -125,7 +125,7 @@ pub struct BenchArgs {
     /// Null responder threads (SO_REUSEPORT sockets).
     #[arg(long, default_value_t = 2)]
     pub null_threads: usize,
-    /// Also measure Turnstile with the XDP data plane (needs the daemon's xdp mode).
+    /// Instead: XDP vs socket data plane over veth between network namespaces (bench_xdp.rs).
     #[arg(long)]
     pub xdp: bool,
     /// Do not build release binaries first.
@@ -270,13 +270,9 @@ pub fn run_bench(root: &Path, args: BenchArgs) -> Result<()> {
             systems.retain(|s| *s != System::Turnstile);
         }
     }
-    let xdp = if args.xdp {
-        let msg = "XDP rows: not yet available (the XDP data plane is not wired into the daemon's benchmarkable path yet; rerun with --xdp once `[dataplane] mode = \"xdp\"` answers REGISTER)";
-        eprintln!("bench: {msg}");
-        msg.to_string()
-    } else {
-        "not requested".to_string()
-    };
+    // `--xdp` is its own run (bench_xdp.rs) and returned above.
+    let xdp =
+        "separate run: `cargo xtask bench --xdp` (XDP vs socket over veth, xdp.md)".to_string();
     let stamp = utc_stamp();
     let out = args
         .out
