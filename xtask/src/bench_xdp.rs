@@ -251,6 +251,8 @@ struct Ctx<'a> {
     users: u32,
     phase: Duration,
     window: usize,
+    gen_threads: usize,
+    gen_sockets: usize,
     iso_rate: u32,
 }
 
@@ -315,6 +317,8 @@ pub fn run(root: &Path, args: &BenchArgs) -> Result<()> {
                 .clamp(0.5, 30.0),
         ),
         window: args.window,
+        gen_threads: args.gen_threads.max(1),
+        gen_sockets: args.gen_sockets.max(1),
         iso_rate: 2_000,
     };
     let rounds = args.rounds.unwrap_or(2).clamp(1, 5);
@@ -492,6 +496,8 @@ impl Ctx<'_> {
             .args(["--first-user", &first_user.to_string()])
             .args(["--users", &users.to_string()])
             .args(["--window", &self.window.to_string()])
+            .args(["--threads", &self.gen_threads.to_string()])
+            .args(["--sockets", &self.gen_sockets.to_string()])
             .args(["--duration", &secs.to_string()])
             .args(["--timeout-ms", &timeout_ms.to_string()]);
         if let Some(r) = rate {
