@@ -759,7 +759,7 @@ fn report_md(res: &XdpResults) -> String {
     );
     let _ = writeln!(
         md,
-        "| mode | round | peak reg/s | failed | timeouts | server CPU µs/REGISTER (peak) | half-load p50 | p99 | B unloaded: success | p99 | B with A flooded: success | p99 | p99 × unloaded | control: flood to a closed port, B p99 | flood A sent /s (× peak) | A handled by server % (counted drops) |\n|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"
+        "| mode | round | peak reg/s | failed | timeouts | server CPU µs/REGISTER (peak) | half-load p50 | p99 | B unloaded: success | p99 | B with A flooded: success | p99 | p99 × unloaded | control: flood to a closed port, B p99 | flood A sent /s (× peak) | A handled by server % (counted drops) | saturated: A answered /s |\n|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"
     );
     for r in &res.runs {
         if let Some(e) = &r.error {
@@ -776,7 +776,7 @@ fn report_md(res: &XdpResults) -> String {
             let pk = r.phases.first().cloned().unwrap_or_default();
             let _ = writeln!(
                 md,
-                "| null-responder (generator ceiling) | | {:.0} | {} | {} | {:.2} | | | | | | | | | | |",
+                "| null-responder (generator ceiling) | | {:.0} | {} | {} | {:.2} | | | | | | | | | | | |",
                 pk.throughput, pk.failed, pk.timeouts, pk.cpu_us_per_register
             );
             continue;
@@ -802,7 +802,7 @@ fn report_md(res: &XdpResults) -> String {
             .unwrap_or(0.0);
         let _ = writeln!(
             md,
-            "| {} | {} | {:.0} | {} | {} | {:.2} | {} | {} | {:.2} % | {} | {:.2} %{} | {} | {:.2}× | {} | {:.0} ({:.1}×) | {} |",
+            "| {} | {} | {:.0} | {} | {} | {:.2} | {} | {} | {:.2} % | {} | {:.2} %{} | {} | {:.2}× | {} | {:.0} ({:.1}×) | {} | {:.0} |",
             r.mode,
             r.round,
             pk.throughput,
@@ -825,6 +825,7 @@ fn report_md(res: &XdpResults) -> String {
             frate,
             if r.peak > 0.0 { frate / r.peak } else { 0.0 },
             group_a(&r.groups, fl.flood.as_ref()),
+            saturated(r),
         );
     }
     fn ok<'a>(res: &'a XdpResults, m: &'a str) -> impl Iterator<Item = &'a Run> + 'a {
@@ -857,6 +858,19 @@ fn report_md(res: &XdpResults) -> String {
             },
             if cx > 0.0 { cs / cx } else { 0.0 }
         );
+        let (sx, ss) = (
+            mean(ok(res, "xdp").map(saturated)),
+            mean(ok(res, "socket").map(saturated)),
+        );
+        if sx > 0.0 && ss > 0.0 {
+            let _ = writeln!(
+                md,
+                "**Saturated (daemon-bound) throughput, XDP / socket: {:.2}×** ({sx:.0} vs {ss:.0} \
+                 REGISTER/s answered to the flooded group A, mean over rounds; the flooder, unlike \
+                 the storm generator, outruns the daemon in both modes).\n",
+                sx / ss
+            );
+        }
         let per_round: Vec<String> = ok(res, "xdp")
             .filter_map(|x| {
                 let s = ok(res, "socket").find(|s| s.round == x.round)?;
@@ -903,6 +917,26 @@ fn report_md(res: &XdpResults) -> String {
         );
     }
     md
+}
+
+/// REGISTERs per second the daemon answered for group A while flooded: A's `rx` counter
+/// (only the flooded phase sends from A to the SIP port) over the flood's duration. Unlike
+/// the peak phase this is not capped by the storm generator: the daemon is saturated.
+fn saturated(r: &Run) -> f64 {
+    let fl = r.phases.iter().find(|p| p.name == "isolation-flooded");
+    let secs = fl
+        .and_then(|p| p.flood.as_ref())
+        .and_then(|f| f["seconds"].as_f64())
+        .unwrap_or(0.0);
+    let rx = r.groups["groups"]
+        .get(1)
+        .and_then(|g| g["counters"]["rx"].as_u64())
+        .unwrap_or(0);
+    if secs > 0.0 {
+        rx as f64 / secs
+    } else {
+        0.0
+    }
 }
 
 /// Group A ("flood", index 1) in `show groups --json`: the share of the flooder's datagrams
