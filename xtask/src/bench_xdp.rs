@@ -849,7 +849,10 @@ fn report_md(res: &XdpResults) -> String {
              the daemon's own CPU only: XDP program and veth copy run in softirq, mostly charged \
              to the sending generator).\n",
             if ratio >= 1.5 { "met" } else { "NOT met" },
-            if pn > 0.0 && px.min(ps) > 0.8 * pn {
+            if pn > 0.0 && px.max(ps) > 1.05 * pn {
+                " — a mode beat the null responder, so it is no strict ceiling here (it answers \
+                 from 2 plain threads); the saturated ratio below is the daemon-bound one"
+            } else if pn > 0.0 && px.min(ps) > 0.8 * pn {
                 " — both modes are within 20 % of it: the generator, not the server, is the limit"
             } else if pn > 0.0 && px.max(ps) > 0.8 * pn {
                 " — the faster mode is within 20 % of it: the ratio understates the difference"
