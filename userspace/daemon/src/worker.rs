@@ -201,7 +201,20 @@ fn run(setup: WorkerSetup, mut engine: Engine) {
     let mut poll_fds: Vec<i32> = Vec::new();
     let groups = shared.config.groups.groups().len();
     let unclassified = classes.len() - 1;
-    let mut fair: FairQueues<Item> = FairQueues::new(classes.iter().copied());
+    // In XDP mode every queued datagram pins a UMEM frame, and the frames of an rx queue are
+    // shared by all its class sockets. A flooded group with the configured depth (4096 by
+    // default) could hold every frame while it waits: the fill ring then runs dry and the
+    // other groups' packets wait for frames, or fall back to the kernel path behind the
+    // flood. So a class may pin at most half of this worker's frames shared among the
+    // classes; the other half keeps the fill ring supplied. Socket mode is unaffected.
+    let xsk_frames: usize = xsks.iter().map(|q| q.umem_frames() as usize).sum();
+    let depth_cap = if xsk_frames == 0 {
+        usize::MAX
+    } else {
+        (xsk_frames / 2 / classes.len().max(1)).max(socket::BATCH)
+    };
+    let capped = |depth: usize| depth.min(depth_cap);
+    let mut fair: FairQueues<Item> = FairQueues::new(classes.iter().map(|&(w, d)| (w, capped(d))));
     let fds: Vec<_> = sockets.iter().map(|s| socket::fd(&s.socket)).collect();
     let locals: Vec<SocketAddr> = sockets
         .iter()
@@ -226,7 +239,7 @@ fn run(setup: WorkerSetup, mut engine: Engine) {
         if live.generation() != live_gen {
             (live_gen, live_now) = live.load();
             for (c, &(w, depth)) in live_now.classes.iter().enumerate() {
-                fair.set_class(c, w, depth);
+                fair.set_class(c, w, capped(depth));
             }
         }
         let deny = &live_now.deny;
