@@ -468,6 +468,32 @@ impl Worker {
         self.respond(now, m, src, local, out);
     }
 
+    /// 420 Bad Extension listing the unsupported option tags (RFC 3261 §8.2.2.3).
+    fn reply_unsupported(
+        &mut self,
+        now: Millis,
+        m: &Message<'_>,
+        src: SocketAddr,
+        local: SocketAddr,
+        tags: &str,
+    ) {
+        self.reply_with(now, m, src, local, 420, "Bad Extension", |o| {
+            o.extend_from_slice(b"Unsupported: ");
+            o.extend_from_slice(tags.as_bytes());
+            o.extend_from_slice(b"\r\n");
+        });
+    }
+
+    /// 200 to an OPTIONS for the server itself (RFC 3261 §11.2): what we allow and support.
+    fn reply_options(&mut self, now: Millis, m: &Message<'_>, src: SocketAddr, local: SocketAddr) {
+        self.reply_with(now, m, src, local, 200, "OK", |o| {
+            let _ = write!(
+                o,
+                "Allow: {ALLOW}\r\nAccept: application/sdp\r\nSupported: path\r\n"
+            );
+        });
+    }
+
     fn on_request(
         &mut self,
         shared: &Shared,
@@ -546,11 +572,7 @@ impl Worker {
         match method {
             Method::Register => {
                 if let Some(bad) = unsupported_requires(m, HeaderName::Require) {
-                    self.reply_with(now, m, src, local, 420, "Bad Extension", |o| {
-                        o.extend_from_slice(b"Unsupported: ");
-                        o.extend_from_slice(bad.as_bytes());
-                        o.extend_from_slice(b"\r\n");
-                    });
+                    self.reply_unsupported(now, m, src, local, &bad);
                     return;
                 }
                 self.on_register(
@@ -559,20 +581,11 @@ impl Worker {
             }
             Method::Options if ruri.user.is_none() && shared.is_local_host(ruri.host) => {
                 if let Some(bad) = unsupported_requires(m, HeaderName::Require) {
-                    self.reply_with(now, m, src, local, 420, "Bad Extension", |o| {
-                        o.extend_from_slice(b"Unsupported: ");
-                        o.extend_from_slice(bad.as_bytes());
-                        o.extend_from_slice(b"\r\n");
-                    });
+                    self.reply_unsupported(now, m, src, local, &bad);
                     return;
                 }
                 self.stats.inc(Counter::LocalOptions);
-                self.reply_with(now, m, src, local, 200, "OK", |o| {
-                    let _ = write!(
-                        o,
-                        "Allow: {ALLOW}\r\nAccept: application/sdp\r\nSupported: path\r\n"
-                    );
-                });
+                self.reply_options(now, m, src, local);
             }
             _ => self.route_to_user(shared, now, src, local, m, &hot, &ruri),
         }
@@ -951,11 +964,7 @@ impl Worker {
         }
         // RFC 3261 §16.3 step 5: a proxy rejects unsupported Proxy-Require.
         if let Some(bad) = unsupported_requires(m, HeaderName::ProxyRequire) {
-            self.reply_with(now, m, src, local, 420, "Bad Extension", |o| {
-                o.extend_from_slice(b"Unsupported: ");
-                o.extend_from_slice(bad.as_bytes());
-                o.extend_from_slice(b"\r\n");
-            });
+            self.reply_unsupported(now, m, src, local, &bad);
             return;
         }
         // §16.3 step 3: Max-Forwards.
@@ -963,12 +972,7 @@ impl Worker {
         if mf == 0 {
             if method == Method::Options {
                 // §16.3: a proxy may answer an OPTIONS whose Max-Forwards is exhausted.
-                self.reply_with(now, m, src, local, 200, "OK", |o| {
-                    let _ = write!(
-                        o,
-                        "Allow: {ALLOW}\r\nAccept: application/sdp\r\nSupported: path\r\n"
-                    );
-                });
+                self.reply_options(now, m, src, local);
             } else {
                 self.reply(now, m, src, local, 483, "Too Many Hops");
             }
