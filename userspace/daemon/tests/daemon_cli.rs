@@ -3,10 +3,11 @@
 
 use std::net::UdpSocket;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Output, Stdio};
+use std::process::{Command, Output};
 use std::time::{Duration, Instant};
 
-const BIN: &str = env!("CARGO_BIN_EXE_turnstile");
+mod common;
+use common::{free_udp_port, Daemon, BIN};
 
 fn repo_etc() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../../etc")
@@ -24,14 +25,6 @@ fn write(dir: &Path, name: &str, text: &str) -> PathBuf {
     let p = dir.join(name);
     std::fs::write(&p, text).unwrap();
     p
-}
-
-fn free_udp_port() -> u16 {
-    UdpSocket::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
 }
 
 fn config(port: u16, extra: &str) -> String {
@@ -60,62 +53,6 @@ fn setup(port: u16, extra: &str) -> (tempfile::TempDir, PathBuf) {
     write(d.path(), "users.txt", "alice:alice-secret\n");
     let cfg = write(d.path(), "turnstile.toml", &config(port, extra));
     (d, cfg)
-}
-
-/// Kills the child on drop so a failing test leaves no daemon behind.
-struct Daemon(Option<Child>);
-
-impl Daemon {
-    fn start(cfg: &Path) -> Daemon {
-        let child = Command::new(BIN)
-            .args(["run", "--config", cfg.to_str().unwrap()])
-            .env("RUST_LOG", "info")
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap();
-        Daemon(Some(child))
-    }
-
-    fn pid(&self) -> i32 {
-        self.0.as_ref().unwrap().id() as i32
-    }
-
-    /// SIGTERM, then wait (bounded) for the exit.
-    fn terminate(mut self) -> (std::process::ExitStatus, String) {
-        // SAFETY: signalling our own child by PID.
-        assert_eq!(unsafe { libc::kill(self.pid(), libc::SIGTERM) }, 0);
-        let mut child = self.0.take().unwrap();
-        let deadline = Instant::now() + Duration::from_secs(10);
-        loop {
-            if let Some(status) = child.try_wait().unwrap() {
-                let mut err = String::new();
-                use std::io::Read;
-                child
-                    .stderr
-                    .take()
-                    .unwrap()
-                    .read_to_string(&mut err)
-                    .unwrap();
-                return (status, err);
-            }
-            if Instant::now() > deadline {
-                let _ = child.kill();
-                let _ = child.wait();
-                panic!("daemon did not exit within 10 s of SIGTERM");
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
-    }
-}
-
-impl Drop for Daemon {
-    fn drop(&mut self) {
-        if let Some(c) = self.0.as_mut() {
-            let _ = c.kill();
-            let _ = c.wait();
-        }
-    }
 }
 
 fn wait_for(path: &Path, what: &str) {

@@ -17,12 +17,8 @@ use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-/// These tests each start a daemon and push real traffic; on the 2-core machine they starve
-/// each other when run in parallel (a flood test once saw 0/200 that way). One at a time.
-fn serial() -> std::sync::MutexGuard<'static, ()> {
-    static LOCK: std::sync::Mutex<()> = std::sync::Mutex::new(());
-    LOCK.lock().unwrap_or_else(|e| e.into_inner())
-}
+mod common;
+use common::serial;
 
 const BIN: &str = env!("CARGO_BIN_EXE_turnstile");
 
