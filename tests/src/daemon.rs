@@ -87,18 +87,17 @@ impl Daemon {
             (None, true) => Some(vec!["MD5"]),
             (a, _) => a.clone(),
         };
-        let (auth_section, _) = match &auth {
-            Some(algs) => (
-                format!(
-                    "[auth]\nusers_file = \"users.txt\"\nalgorithms = [{}]\nnonce_ttl = 300\n",
-                    algs.iter()
-                        .map(|a| format!("\"{a}\""))
-                        .collect::<Vec<_>>()
-                        .join(", ")
-                ),
-                "local",
+        // Local digest for the group only when the test asks for it; `users_list_only`
+        // writes the users file section alone (known vs unknown users, no challenge).
+        let auth_section = match &auth {
+            Some(algs) => format!(
+                "[auth]\nusers_file = \"users.txt\"\nalgorithms = [{}]\nnonce_ttl = 300\n",
+                algs.iter()
+                    .map(|a| format!("\"{a}\""))
+                    .collect::<Vec<_>>()
+                    .join(", ")
             ),
-            None => (String::new(), "none"),
+            None => String::new(),
         };
         let auth_mode = if setup.auth.is_some() {
             "local"

@@ -134,6 +134,7 @@ From: <sip:p@example.com>;tag=1\r\nTo: <sip:example.com>\r\nCall-ID: alive\r\nCS
     assert!(d.stop());
 }
 
+/// Sends a REGISTER from `phone` and returns what was sent (to replay it).
 fn register(
     phone: &UdpSocket,
     server: SocketAddr,
@@ -143,23 +144,14 @@ fn register(
     expires: u32,
 ) -> String {
     let me = phone.local_addr().unwrap();
-    format!(
+    let msg = format!(
         "REGISTER sip:example.test SIP/2.0\r\nVia: SIP/2.0/UDP {me};branch=z9hG4bK{branch};rport\r\nMax-Forwards: 70\r\n\
 From: <sip:{user}@example.test>;tag=t-{user}\r\nTo: <sip:{user}@example.test>\r\nCall-ID: reg-{user}@{me}\r\n\
 CSeq: {cseq} REGISTER\r\nContact: <sip:{user}@{me}>\r\nExpires: {expires}\r\nContent-Length: 0\r\n\r\n"
-    )
-    .tap(|m| {
-        phone.send_to(m.as_bytes(), server).unwrap();
-    })
+    );
+    phone.send_to(msg.as_bytes(), server).unwrap();
+    msg
 }
-
-trait Tap: Sized {
-    fn tap(self, f: impl FnOnce(&Self)) -> Self {
-        f(&self);
-        self
-    }
-}
-impl Tap for String {}
 
 #[test]
 fn retransmitted_register_is_answered_identically_once_applied() {
