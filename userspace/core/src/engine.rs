@@ -630,14 +630,7 @@ impl Worker {
             return;
         }
         // §10.3 step 5: the AOR, from To, canonical, and valid for our domain.
-        let to_uri = match hot.to.parsed_uri() {
-            Ok(u) => u,
-            Err(_) => {
-                fail(self);
-                self.reply(now, m, src, local, 400, "Malformed To URI");
-                return;
-            }
-        };
+        let to_uri = hot.to_uri;
         if !to_uri.is_sip() {
             fail(self);
             self.reply(now, m, src, local, 404, "Not Found - AOR Must Be A SIP URI");

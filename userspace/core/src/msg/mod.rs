@@ -18,6 +18,7 @@ pub use header::HeaderName;
 
 use fields::{is_lws, is_token, trim, CSeq, NameAddr, Via};
 use smallvec::SmallVec;
+use uri::Uri;
 
 /// Largest datagram we accept. RFC 3261 §18.1.1 keeps UDP requests under the path MTU, but
 /// a received datagram may legally be up to 64 KiB; beyond this we answer 513.
@@ -214,6 +215,8 @@ pub struct Hot<'a> {
     pub via: Via<'a>,
     pub from: NameAddr<'a>,
     pub to: NameAddr<'a>,
+    /// The To URI, validated with the rest (the registrar's AOR comes from it).
+    pub to_uri: Uri<'a>,
     pub call_id: &'a [u8],
     pub cseq: CSeq<'a>,
     /// `None` when absent (RFC 3261 §8.1.1.6 says to assume 70 for proxies).
@@ -573,17 +576,17 @@ impl<'a> Message<'a> {
         let via = self
             .top_via
             .ok_or(Defect::BadHeader(H::Via, fields::FieldError::Via))?;
-        let parse_na = |h: HeaderName| -> Result<NameAddr<'a>, Defect> {
+        let parse_na = |h: HeaderName| -> Result<(NameAddr<'a>, Uri<'a>), Defect> {
             let v = need(h)?;
             let na = NameAddr::parse(v).map_err(|e| Defect::BadHeader(h, e))?;
             if !na.params_ok() {
                 return Err(Defect::BadHeader(h, fields::FieldError::Params));
             }
-            na.parsed_uri().map_err(|e| Defect::BadHeader(h, e))?;
-            Ok(na)
+            let uri = na.parsed_uri().map_err(|e| Defect::BadHeader(h, e))?;
+            Ok((na, uri))
         };
-        let from = parse_na(H::From)?;
-        let to = parse_na(H::To)?;
+        let (from, _) = parse_na(H::From)?;
+        let (to, to_uri) = parse_na(H::To)?;
         let call_id = need(H::CallId)?;
         if call_id.is_empty() || call_id.iter().any(|&c| is_lws(c)) {
             return Err(Defect::BadHeader(H::CallId, fields::FieldError::Params));
@@ -615,6 +618,7 @@ impl<'a> Message<'a> {
             via,
             from,
             to,
+            to_uri,
             call_id,
             cseq,
             max_forwards,
