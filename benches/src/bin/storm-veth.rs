@@ -126,6 +126,19 @@ struct BlastReport {
 
 /// Width of the per-datagram counter patched into branch, tag and Call-ID.
 const CTR: usize = 16;
+/// Hex digits of the flood's user part (`flood0000` … `floodffff`).
+const USER_DIGITS: usize = 4;
+
+/// Start offsets of the non-overlapping runs of `len` × `ch` in `m`.
+fn placeholders(m: &[u8], ch: u8, len: usize) -> Vec<usize> {
+    let mut keep: Vec<usize> = Vec::new();
+    for (i, w) in m.windows(len).enumerate() {
+        if w.iter().all(|&c| c == ch) && keep.last().is_none_or(|&l| i >= l + len) {
+            keep.push(i);
+        }
+    }
+    keep
+}
 
 fn blast(a: &Args, rate: u32, duration: Duration) -> anyhow::Result<BlastReport> {
     const BATCH: usize = 64;
@@ -134,7 +147,12 @@ fn blast(a: &Args, rate: u32, duration: Duration) -> anyhow::Result<BlastReport>
         None => None,
     };
     let socks: Vec<UdpSocket> = if raw.is_some() {
-        Vec::new()
+        // Raw frames come from ports RAW_PORT0.. (see `frame_head`): hold those ports so
+        // the answers land in a socket buffer (and overflow there, silently) instead of
+        // drawing ICMP port-unreachables that would load the server's side as well.
+        (0..RAW_PORTS)
+            .filter_map(|i| UdpSocket::bind((a.bind, RAW_PORT0 + i)).ok())
+            .collect()
     } else {
         (0..a.sockets.clamp(1, 256))
             .map(|_| turnstile_benches::storm::client_socket(a.bind, a.target))
@@ -143,43 +161,36 @@ fn blast(a: &Args, rate: u32, duration: Duration) -> anyhow::Result<BlastReport>
     // One template per batch slot; the counter placeholders are rewritten before each send.
     let mut bufs: Vec<Vec<u8>> = Vec::with_capacity(BATCH);
     let mut marks: Vec<Vec<usize>> = Vec::with_capacity(BATCH);
+    let mut umarks: Vec<Vec<usize>> = Vec::with_capacity(BATCH);
     let ph = "#".repeat(CTR);
     for _ in 0..BATCH {
         let mut m = Vec::new();
         write!(
             m,
             "REGISTER sip:{d} SIP/2.0\r\n\
-             Via: SIP/2.0/UDP {b}:5060;branch=z9hG4bK{ph}\r\n\
+             Via: SIP/2.0/UDP {b}:5060;rport;branch=z9hG4bK{ph}\r\n\
              Max-Forwards: 70\r\n\
-             From: <sip:flood@{d}>;tag={ph}\r\n\
-             To: <sip:flood@{d}>\r\n\
+             From: <sip:flood{u}@{d}>;tag={ph}\r\n\
+             To: <sip:flood{u}@{d}>\r\n\
              Call-ID: {ph}@flood\r\n\
              CSeq: 1 REGISTER\r\n\
-             Contact: <sip:flood@{b}:5060>\r\n\
+             Contact: <sip:flood{u}@{b}:5060>\r\n\
              Expires: 60\r\n\
              Content-Length: 0\r\n\r\n",
             d = a.domain,
-            b = a.bind
+            b = a.bind,
+            u = "%".repeat(USER_DIGITS),
         )?;
-        let pos: Vec<usize> = m
-            .windows(CTR)
-            .enumerate()
-            .filter(|(_, w)| w.iter().all(|&c| c == b'#'))
-            .map(|(i, _)| i)
-            .collect();
-        // Non-overlapping occurrences only.
-        let mut keep = Vec::new();
-        for p in pos {
-            if keep.last().is_none_or(|&l: &usize| p >= l + CTR) {
-                keep.push(p);
-            }
-        }
+        let mut keep = placeholders(&m, b'#', CTR);
+        let mut ukeep = placeholders(&m, b'%', USER_DIGITS);
         if let Some(r) = &raw {
             let off = r.frame_head(&mut m, bufs.len() as u16)?;
             keep.iter_mut().for_each(|p| *p += off);
+            ukeep.iter_mut().for_each(|p| *p += off);
         }
         bufs.push(m);
         marks.push(keep);
+        umarks.push(ukeep);
     }
     let t0 = Instant::now();
     // `attempted` paces the loop; `sent` counts what the kernel accepted.
@@ -194,11 +205,18 @@ fn blast(a: &Args, rate: u32, duration: Duration) -> anyhow::Result<BlastReport>
         }
         let n = ((due - attempted) as usize).min(BATCH);
         attempted += n as u64;
-        for (b, ms) in bufs.iter_mut().zip(&marks).take(n) {
+        for ((b, ms), us) in bufs.iter_mut().zip(&marks).zip(&umarks).take(n) {
             ctr += 1;
             for &p in ms {
                 for k in 0..CTR {
                     b[p + k] = hex[((ctr >> (4 * (CTR - 1 - k))) & 0xf) as usize];
+                }
+            }
+            // The user cycles through 16^USER_DIGITS AORs, so the flood exercises the
+            // registrar like a population of phones instead of rewriting one binding.
+            for &p in us {
+                for k in 0..USER_DIGITS {
+                    b[p + k] = hex[((ctr >> (4 * (USER_DIGITS - 1 - k))) & 0xf) as usize];
                 }
             }
         }
@@ -246,6 +264,10 @@ fn blast(a: &Args, rate: u32, duration: Duration) -> anyhow::Result<BlastReport>
         send_errors: errors,
     })
 }
+
+/// Source ports of the raw flood's frames.
+const RAW_PORT0: u16 = 40_000;
+const RAW_PORTS: u16 = 16;
 
 /// A send-only AF_PACKET socket: protocol 0 (it receives nothing); each frame is addressed
 /// with a `sockaddr_ll` naming the interface and ETH_P_IP.
@@ -325,7 +347,7 @@ impl Raw {
         let ck = !(sum as u16);
         h[ip_start + 10..ip_start + 12].copy_from_slice(&ck.to_be_bytes());
         // Source ports vary by slot: flows hash over the veth queues like real phones.
-        h.extend_from_slice(&(40_000 + slot % 16).to_be_bytes());
+        h.extend_from_slice(&(RAW_PORT0 + slot % RAW_PORTS).to_be_bytes());
         h.extend_from_slice(&self.dst.port().to_be_bytes());
         h.extend_from_slice(&(udp_len as u16).to_be_bytes());
         h.extend_from_slice(&[0, 0]);
