@@ -6,28 +6,40 @@
 //! the root namespace, all addresses are in 198.18.0.0/15):
 //!
 //! ```text
-//!  ns "tsbx-<pid>-s"                         ns "tsbx-<pid>-g"
+//!  ns "tsbx-<pid>-s"  (server cores)          ns "tsbx-<pid>-g"  (client cores)
 //!  turnstile  198.18.0.1/24, 198.18.1.1/24 ──veth (2 rx/tx queues each end)── 198.18.0.2/24  storm-veth (group B "measured")
 //!   XDP attached here (driver mode)                                             198.18.1.2/24  storm-veth --blast (group A "flood")
 //! ```
 //!
+//! The machine's cores are split: the daemon (one worker per server core) runs on the first
+//! half, every load generator on the other half (`taskset`). Phones are other machines; a
+//! generator sharing the server's cores measures the scheduler, not the server. The flooder
+//! also runs at `nice 19` so the measured client (group B) is not queued behind it on the
+//! client cores. On veth the receive work (the XDP program and the copy into the UMEM in
+//! XDP mode; IP and UDP receive in socket mode) runs in the *sender's* softirq, i.e. on the
+//! client cores in both modes. On a NIC it lands on the server's cores, where the kernel
+//! stack costs far more than the XDP program (99 ns, `benches/benches/xdp_classify.rs`): this
+//! topology understates what XDP saves.
+//!
 //! The same server binary runs alternately with `[dataplane] mode = "xdp"` and `"socket"`
 //! (X, S, X, S …), a fresh process per run. Per run:
 //!
-//! 1. peak: closed loop, 512 outstanding, plain REGISTER (no auth) from group B;
+//! 1. peak: closed loop, 512 outstanding, plain REGISTER (no auth) from group B — bounded by
+//!    the generator on the client cores as much as by the server (see the null responder);
 //! 2. half-load: open loop at 50 % of that peak (latency columns);
-//! 3. isolation, unloaded: group B alone at a modest open-loop rate;
-//! 4. isolation, flooded: the same group B load while group A is flooded with fire-and-forget
-//!    REGISTERs (unique branch/Call-ID each) paced at 10× the run's peak (whatever the flooder
-//!    actually achieves is reported as the real multiple);
-//! 5. isolation, control: the same flood aimed at a closed port of the server address, so
-//!    it costs the shared cores the same (sending, veth, softirq) but never reaches the
-//!    daemon: how much of group B's p99 inflation is the machine rather than the daemon.
+//! 3. capacity: a flood of fire-and-forget REGISTERs from group A (raw frames, every one a new
+//!    transaction, 65,536 AORs), faster than the server can answer: REGISTERs answered per
+//!    second by the server cores — the daemon-bound number, the XDP/socket ratio's basis;
+//! 4. isolation, unloaded: group B alone at a modest open-loop rate;
+//! 5. isolation, flooded: the same group B load while group A floods (asked for 10× the
+//!    capacity; what the flooder achieves is reported as the real multiple);
+//! 6. isolation, control: the same flood aimed at a closed port of the server address, so
+//!    it costs the client cores the same but never reaches the daemon;
+//! 7. isolation, unloaded again: the baseline is the better of 4 and 7, so a noisy
+//!    unloaded run cannot make the flooded/unloaded ratio look good.
 //!
-//! Server CPU is `utime + stime` of the daemon (`ip netns exec` execs it in place, so the
-//! child's PID is the daemon's) around each phase. XDP program time and the veth copy into
-//! the AF_XDP UMEM run in softirq context, mostly charged to the *sending* process (the
-//! generator), so XDP-mode CPU per REGISTER is the daemon's userspace + syscall share only.
+//! Server CPU is `utime + stime` of the daemon (`taskset` and `ip netns exec` exec in place,
+//! so the child's PID is the daemon's) around each phase.
 
 use anyhow::{bail, Context, Result};
 use serde::Serialize;
@@ -48,8 +60,27 @@ const PORT: u16 = 5060;
 /// daemon (XDP passes non-SIP ports to the stack, which answers with rate-limited ICMP).
 const CONTROL_PORT: u16 = 5999;
 /// veth rx/tx queues on both ends (native XDP needs the host side's rx queues ≥ the peer's
-/// tx queues); one per core of the 2-core machine, one daemon worker each.
+/// tx queues). Two, so the shared-UMEM-per-queue path is exercised even when one worker
+/// drives both.
 const QUEUES: u32 = 2;
+
+/// The cores for the daemon and for the load generators: the first half and the rest (a
+/// `taskset -c` list each), and the daemon's worker count. `None` on a 1-core machine.
+fn cpu_split() -> Option<(String, String, usize)> {
+    let n = std::thread::available_parallelism().map_or(1, |n| n.get());
+    if n < 2 {
+        return None;
+    }
+    let k = n / 2;
+    let list = |a: usize, b: usize| {
+        if a + 1 == b {
+            a.to_string()
+        } else {
+            format!("{a}-{}", b - 1)
+        }
+    };
+    Some((list(0, k), list(k, n), k))
+}
 
 fn ip(args: &[&str]) -> Result<()> {
     let out = Command::new("ip")
@@ -226,6 +257,8 @@ struct Run {
     round: u32,
     phases: Vec<PhaseResult>,
     peak: f64,
+    /// REGISTERs answered per second under the capacity flood (daemon-bound).
+    capacity: f64,
     /// `turnstile show stats --json` and `show groups --json` at the end of the run.
     stats: Value,
     groups: Value,
@@ -241,6 +274,9 @@ struct XdpResults {
     users: u32,
     phase_s: f64,
     isolation_rate: u32,
+    server_cpus: Option<String>,
+    client_cpus: Option<String>,
+    workers: usize,
     runs: Vec<Run>,
 }
 
@@ -254,6 +290,20 @@ struct Ctx<'a> {
     gen_threads: usize,
     gen_sockets: usize,
     iso_rate: u32,
+    /// `taskset -c` lists for the daemon and the generators (`None`: no pinning) and the
+    /// daemon's workers (one per server core).
+    server_cpus: Option<String>,
+    client_cpus: Option<String>,
+    workers: usize,
+}
+
+/// Which side of the benchmark a process belongs to (its namespace and cores).
+#[derive(Clone, Copy, PartialEq)]
+enum Side {
+    Server,
+    Client,
+    /// A client at `nice 19`: the flooder, which must not delay the measured client.
+    Flooder,
 }
 
 /// Entry point from `cargo xtask bench --xdp`: its own run and report (`xdp.md`, `xdp.json`).
@@ -304,6 +354,10 @@ pub fn run(root: &Path, args: &BenchArgs) -> Result<()> {
     eprintln!("bench --xdp: results in {}", out.display());
     let loadavg_before = loadavg();
     let veth = Veth::create().context("creating the benchmark namespaces")?;
+    let split = cpu_split();
+    if split.is_none() {
+        eprintln!("bench --xdp: one core only: server and generators share it (numbers are the machine's, not the server's)");
+    }
     let ctx = Ctx {
         release: &release,
         out: &out,
@@ -320,7 +374,16 @@ pub fn run(root: &Path, args: &BenchArgs) -> Result<()> {
         gen_threads: args.gen_threads.max(1),
         gen_sockets: args.gen_sockets.max(1),
         iso_rate: 2_000,
+        server_cpus: split.as_ref().map(|s| s.0.clone()),
+        client_cpus: split.as_ref().map(|s| s.1.clone()),
+        workers: split.as_ref().map_or(1, |s| s.2),
     };
+    eprintln!(
+        "bench --xdp: server cores {}, client cores {}, {} worker(s)",
+        ctx.server_cpus.as_deref().unwrap_or("all"),
+        ctx.client_cpus.as_deref().unwrap_or("all"),
+        ctx.workers
+    );
     let rounds = args.rounds.unwrap_or(2).clamp(1, 5);
     let mut runs = Vec::new();
     let mut null = Run {
@@ -349,6 +412,11 @@ pub fn run(root: &Path, args: &BenchArgs) -> Result<()> {
     let users = ctx.users;
     let phase_s = ctx.phase.as_secs_f64();
     let iso_rate = ctx.iso_rate;
+    let (server_cpus, client_cpus, workers) = (
+        ctx.server_cpus.clone(),
+        ctx.client_cpus.clone(),
+        ctx.workers,
+    );
     drop(veth);
     let res = XdpResults {
         started_utc: stamp,
@@ -358,6 +426,9 @@ pub fn run(root: &Path, args: &BenchArgs) -> Result<()> {
         users,
         phase_s,
         isolation_rate: iso_rate,
+        server_cpus,
+        client_cpus,
+        workers,
         runs,
     };
     std::fs::write(out.join("xdp.json"), serde_json::to_string_pretty(&res)?)?;
@@ -387,7 +458,7 @@ fn loadavg() -> String {
         .to_string()
 }
 
-fn config(mode: &str, iface: &str) -> String {
+fn config(mode: &str, iface: &str, workers: usize) -> String {
     let xdp = if mode == "xdp" {
         format!("interface = \"{iface}\"\nxdp_mode = \"driver\"\n")
     } else {
@@ -398,7 +469,7 @@ fn config(mode: &str, iface: &str) -> String {
 [server]
 domain = "bench.test"
 listen = ["{SERVER_V4}:{PORT}"]
-workers = 0
+workers = {workers}
 state_dir = "var"
 snapshot_interval = 0
 
@@ -429,14 +500,34 @@ auth = "none"
 }
 
 impl Ctx<'_> {
+    /// `[taskset -c CPUS] [nice -n 19] ip netns exec NS`: every program of the benchmark
+    /// starts through this (each wrapper execs in place, so the PID is the program's).
+    fn cmd(&self, side: Side) -> Command {
+        let (ns, cpus) = match side {
+            Side::Server => (&self.veth.ns_s, &self.server_cpus),
+            Side::Client | Side::Flooder => (&self.veth.ns_g, &self.client_cpus),
+        };
+        let mut argv: Vec<String> = Vec::new();
+        if let Some(c) = cpus {
+            argv.extend(["taskset".into(), "-c".into(), c.clone()]);
+        }
+        if side == Side::Flooder {
+            argv.extend(["nice".into(), "-n".into(), "19".into()]);
+        }
+        argv.extend(["ip".into(), "netns".into(), "exec".into(), ns.clone()]);
+        let mut c = Command::new(&argv[0]);
+        c.args(&argv[1..]);
+        c
+    }
+
     fn start(&self, mode: &str, dir: &Path) -> Result<Server> {
         let _ = std::fs::remove_dir_all(dir);
         std::fs::create_dir_all(dir)?;
         let cfg = dir.join("turnstile.toml");
-        std::fs::write(&cfg, config(mode, &self.veth.if_s))?;
+        std::fs::write(&cfg, config(mode, &self.veth.if_s, self.workers))?;
         let log = std::fs::File::create(dir.join("server.log"))?;
-        let child = Command::new("ip")
-            .args(["netns", "exec", &self.veth.ns_s])
+        let child = self
+            .cmd(Side::Server)
             .arg(self.release.join("turnstile"))
             .arg("run")
             .arg("--config")
@@ -489,9 +580,8 @@ impl Ctx<'_> {
         secs: f64,
         timeout_ms: u64,
     ) -> Result<Value> {
-        let mut c = Command::new("ip");
-        c.args(["netns", "exec", &self.veth.ns_g])
-            .arg(self.release.join("storm-veth"))
+        let mut c = self.cmd(Side::Client);
+        c.arg(self.release.join("storm-veth"))
             .args(["--target", &format!("{SERVER_V4}:{PORT}"), "--bind", bind])
             .args(["--first-user", &first_user.to_string()])
             .args(["--users", &users.to_string()])
@@ -520,6 +610,94 @@ impl Ctx<'_> {
         self.phase_to(server, name, rate, flood_rate, PORT)
     }
 
+    /// The group A flooder (`nice 19` on the client cores): fire-and-forget REGISTERs at up
+    /// to `rate`/s for `secs`, as raw frames (AF_PACKET: a cheaper, harder flood) when the
+    /// MACs are known.
+    fn flooder(&self, port: u16, rate: u32, secs: f64) -> Result<Child> {
+        let mut c = self.cmd(Side::Flooder);
+        c.arg(self.release.join("storm-veth"))
+            .args(["--target", &format!("{SERVER_V4}:{port}")])
+            .args(["--bind", GROUP_A_SRC, "--sockets", "16"])
+            .args(["--blast", &rate.to_string()])
+            .args(["--duration", &secs.to_string()]);
+        if let (Some(sm), Some(dm)) = (
+            Veth::mac(&self.veth.ns_g, &self.veth.if_g),
+            Veth::mac(&self.veth.ns_s, &self.veth.if_s),
+        ) {
+            c.args(["--raw-iface", &self.veth.if_g])
+                .args(["--src-mac", &sm, "--dst-mac", &dm]);
+        }
+        c.stdout(Stdio::piped())
+            .spawn()
+            .context("spawning the flooder")
+    }
+
+    /// `turnstile show WHAT --json` of the running server (`Null` if it does not answer).
+    fn show(&self, server: &Server, what: &str) -> Value {
+        Command::new(self.release.join("turnstile"))
+            .args(["show", what, "--json", "--socket"])
+            .arg(&server.sock)
+            .output()
+            .ok()
+            .and_then(|o| serde_json::from_slice(&o.stdout).ok())
+            .unwrap_or(Value::Null)
+    }
+
+    /// REGISTERs the server answered 200 for group A ("flood", the second group) so far.
+    fn flood_answered(&self, server: &Server) -> Result<u64> {
+        let g = self.show(server, "groups");
+        g["groups"][1]["counters"]["register_ok"]
+            .as_u64()
+            .with_context(|| format!("no group A counters in `show groups`: {g}"))
+    }
+
+    /// Capacity: group A floods alone, faster than the server answers; the rate of 200 OKs
+    /// the server produced and its CPU per answer. Nothing on the client side limits this
+    /// number (unlike `peak`): the flooder never waits for answers.
+    fn capacity(&self, server: &Server) -> Result<PhaseResult> {
+        let secs = self.phase.as_secs_f64();
+        let f = self.flooder(PORT, 5_000_000, secs + 0.6)?;
+        // Past the flooder's start-up, into the steady state.
+        std::thread::sleep(Duration::from_millis(300));
+        let (a0, c0, t0) = (self.flood_answered(server)?, server.cpu(), Instant::now());
+        std::thread::sleep(Duration::from_secs_f64(secs));
+        let (a1, c1, dt) = (
+            self.flood_answered(server)?,
+            server.cpu(),
+            t0.elapsed().as_secs_f64(),
+        );
+        let o = f.wait_with_output()?;
+        let flood = serde_json::from_slice::<Value>(&o.stdout).unwrap_or(Value::Null);
+        let answered = a1.saturating_sub(a0);
+        let cpu = c1 - c0;
+        let p = PhaseResult {
+            name: "capacity".into(),
+            throughput: answered as f64 / dt,
+            completed: answered,
+            success_pct: 0.0,
+            server_cpu_s: cpu,
+            cpu_us_per_register: if answered > 0 {
+                cpu * 1e6 / answered as f64
+            } else {
+                0.0
+            },
+            flood: Some(flood),
+            ..Default::default()
+        };
+        eprintln!(
+            "--- capacity: {:.0} REGISTER/s answered, server {:.2} µs/REGISTER ({:.2} CPU-s in {:.1} s), flood {:.0}/s offered",
+            p.throughput,
+            p.cpu_us_per_register,
+            cpu,
+            dt,
+            p.flood
+                .as_ref()
+                .and_then(|f| f["rate"].as_f64())
+                .unwrap_or(0.0)
+        );
+        Ok(p)
+    }
+
     /// `phase` with the flood aimed at `flood_port` (the control case aims it at a port
     /// nobody listens on: same packets, same CPU for sending and receiving them, but they
     /// never reach the daemon).
@@ -534,32 +712,7 @@ impl Ctx<'_> {
         let c0 = server.cpu();
         // The flooder starts first and outlasts the measured load on both ends.
         let flood = flood_rate
-            .map(|fr| {
-                let mut c = Command::new("ip");
-                c.args(["netns", "exec", &self.veth.ns_g])
-                    .arg(self.release.join("storm-veth"))
-                    .args(["--target", &format!("{SERVER_V4}:{flood_port}")])
-                    .args(["--bind", GROUP_A_SRC, "--sockets", "16"])
-                    .args(["--blast", &fr.to_string()])
-                    .args(["--duration", &(self.phase.as_secs_f64() + 1.0).to_string()]);
-                // Raw frames (AF_PACKET) when the MACs are known: a cheaper, harder flood.
-                if let (Some(sm), Some(dm)) = (
-                    Veth::mac(&self.veth.ns_g, &self.veth.if_g),
-                    Veth::mac(&self.veth.ns_s, &self.veth.if_s),
-                ) {
-                    c.args([
-                        "--raw-iface",
-                        &self.veth.if_g,
-                        "--src-mac",
-                        &sm,
-                        "--dst-mac",
-                        &dm,
-                    ]);
-                }
-                c.stdout(Stdio::piped())
-                    .spawn()
-                    .context("spawning the flooder")
-            })
+            .map(|fr| self.flooder(flood_port, fr, self.phase.as_secs_f64() + 1.0))
             .transpose()?;
         if flood.is_some() {
             std::thread::sleep(Duration::from_millis(300));
@@ -637,10 +790,11 @@ impl Ctx<'_> {
     /// many as the daemon has workers) in the server namespace, peak phase only.
     fn run_null(&self, r: &mut Run) -> Result<()> {
         eprintln!("=== null responder over veth (generator ceiling)");
-        let child = Command::new("ip")
-            .args(["netns", "exec", &self.veth.ns_s])
+        let child = self
+            .cmd(Side::Server)
             .arg(self.release.join("storm-veth"))
-            .args(["--respond", "--threads", "2", "--duration", "60"])
+            .args(["--respond", "--threads", &self.workers.to_string()])
+            .args(["--duration", "60"])
             .args([
                 "--target",
                 &format!("{SERVER_V4}:{PORT}"),
@@ -683,9 +837,14 @@ impl Ctx<'_> {
         let half = ((r.peak * 0.5) as u32).max(100);
         r.phases
             .push(self.phase(&server, "half-load", Some(half), None)?);
+        let cap = self.capacity(&server)?;
+        // 10× what the server answers: more than the client cores can send over veth, so the
+        // flood runs flat out and its real multiple is reported.
+        let flood_rate = ((cap.throughput.max(r.peak) * 10.0) as u32).max(10_000);
+        r.capacity = cap.throughput;
+        r.phases.push(cap);
         r.phases
             .push(self.phase(&server, "isolation-unloaded", Some(self.iso_rate), None)?);
-        let flood_rate = ((r.peak * 10.0) as u32).max(10_000);
         r.phases.push(self.phase(
             &server,
             "isolation-flooded",
@@ -699,17 +858,14 @@ impl Ctx<'_> {
             Some(flood_rate),
             CONTROL_PORT,
         )?);
-        let show = |what: &str| -> Value {
-            Command::new(self.release.join("turnstile"))
-                .args(["show", what, "--json", "--socket"])
-                .arg(&server.sock)
-                .output()
-                .ok()
-                .and_then(|o| serde_json::from_slice(&o.stdout).ok())
-                .unwrap_or(Value::Null)
-        };
-        r.stats = show("stats");
-        r.groups = show("groups");
+        r.phases.push(self.phase(
+            &server,
+            "isolation-unloaded-after",
+            Some(self.iso_rate),
+            None,
+        )?);
+        r.stats = self.show(&server, "stats");
+        r.groups = self.show(&server, "groups");
         let code = server.stop();
         if mode == "xdp" && r.stats["dataplane"]["xsk_rx"].as_u64().unwrap_or(0) == 0 {
             bail!("xdp mode but no frame came through AF_XDP: {}", r.stats);
@@ -745,21 +901,36 @@ fn mean(v: impl Iterator<Item = f64>) -> f64 {
     }
 }
 
+/// Group B's unloaded p99 baseline: the better of the two unloaded runs (before and after
+/// the floods), so one noisy unloaded run cannot flatter the flooded/unloaded ratio.
+fn baseline_p99(r: &Run) -> u64 {
+    r.phases
+        .iter()
+        .filter(|p| p.name.starts_with("isolation-unloaded") && p.p99_us > 0)
+        .map(|p| p.p99_us)
+        .min()
+        .unwrap_or(0)
+}
+
 fn report_md(res: &XdpResults) -> String {
     let mut md = String::new();
     let _ = writeln!(
         md,
-        "# XDP vs socket over veth ({})\n\n{} users, {:.1} s phases, {} runs alternated (X, S, …); load average before `{}`, after `{}`.\n",
+        "# XDP vs socket over veth ({})\n\n{} users, {:.1} s phases, {} runs alternated (X, S, …); \
+         server on core(s) {} with {} worker(s), generators on core(s) {}; load average before `{}`, after `{}`.\n",
         res.started_utc,
         res.users,
         res.phase_s,
         res.runs.len(),
+        res.server_cpus.as_deref().unwrap_or("all"),
+        res.workers,
+        res.client_cpus.as_deref().unwrap_or("all"),
         res.loadavg_before,
         res.loadavg_after
     );
     let _ = writeln!(
         md,
-        "| mode | round | peak reg/s | failed | timeouts | server CPU µs/REGISTER (peak) | half-load p50 | p99 | B unloaded: success | p99 | B with A flooded: success | p99 | p99 × unloaded | control: flood to a closed port, B p99 | flood A sent /s (× peak) | A handled by server % (counted drops) | saturated: A answered /s |\n|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"
+        "| mode | round | peak reg/s (closed loop) | half-load p50 | p99 | capacity: answered /s | server µs/REGISTER at capacity | B unloaded p99 (best of 2) | B with A flooded: success | p99 | p99 × unloaded | control: flood to a closed port, B p99 | flood sent /s (× capacity) |\n|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"
     );
     for r in &res.runs {
         if let Some(e) = &r.error {
@@ -776,8 +947,8 @@ fn report_md(res: &XdpResults) -> String {
             let pk = r.phases.first().cloned().unwrap_or_default();
             let _ = writeln!(
                 md,
-                "| null-responder (generator ceiling) | | {:.0} | {} | {} | {:.2} | | | | | | | | | | | |",
-                pk.throughput, pk.failed, pk.timeouts, pk.cpu_us_per_register
+                "| null-responder (generator ceiling) | | {:.0} | | | | | | | | | | |",
+                pk.throughput
             );
             continue;
         }
@@ -788,13 +959,14 @@ fn report_md(res: &XdpResults) -> String {
                 .cloned()
                 .unwrap_or_default()
         };
-        let (pk, half, un, fl) = (
+        let (pk, half, cap, fl, ctl) = (
             ph("peak"),
             ph("half-load"),
-            ph("isolation-unloaded"),
+            ph("capacity"),
             ph("isolation-flooded"),
+            ph("isolation-control"),
         );
-        let ctl = ph("isolation-control");
+        let base = baseline_p99(r);
         let frate = fl
             .flood
             .as_ref()
@@ -802,17 +974,20 @@ fn report_md(res: &XdpResults) -> String {
             .unwrap_or(0.0);
         let _ = writeln!(
             md,
-            "| {} | {} | {:.0} | {} | {} | {:.2} | {} | {} | {:.2} % | {} | {:.2} %{} | {} | {:.2}× | {} | {:.0} ({:.1}×) | {} | {:.0} |",
+            "| {} | {} | {:.0}{} | {} | {} | {:.0} | {:.2} | {} | {:.2} %{} | {} | {:.2}× | {} | {:.0} ({:.1}×) |",
             r.mode,
             r.round,
             pk.throughput,
-            pk.failed,
-            pk.timeouts,
-            pk.cpu_us_per_register,
+            if pk.failed + pk.timeouts > 0 {
+                format!(" ({} failed, {} timeouts)", pk.failed, pk.timeouts)
+            } else {
+                String::new()
+            },
             fmt_us(half.p50_us),
             fmt_us(half.p99_us),
-            un.success_pct,
-            fmt_us(un.p99_us),
+            cap.throughput,
+            cap.cpu_us_per_register,
+            fmt_us(base),
             fl.success_pct,
             if fl.retransmissions > 0 {
                 format!(" ({} retrans.)", fl.retransmissions)
@@ -820,12 +995,10 @@ fn report_md(res: &XdpResults) -> String {
                 String::new()
             },
             fmt_us(fl.p99_us),
-            if un.p99_us > 0 { fl.p99_us as f64 / un.p99_us as f64 } else { 0.0 },
+            if base > 0 { fl.p99_us as f64 / base as f64 } else { 0.0 },
             fmt_us(ctl.p99_us),
             frate,
-            if r.peak > 0.0 { frate / r.peak } else { 0.0 },
-            group_a(&r.groups, fl.flood.as_ref()),
-            saturated(r),
+            if r.capacity > 0.0 { frate / r.capacity } else { 0.0 },
         );
     }
     fn ok<'a>(res: &'a XdpResults, m: &'a str) -> impl Iterator<Item = &'a Run> + 'a {
@@ -833,145 +1006,98 @@ fn report_md(res: &XdpResults) -> String {
             .iter()
             .filter(move |r| r.mode == m && r.error.is_none())
     }
-    let peak = |m: &str| mean(ok(res, m).map(|r| r.peak));
-    let cpu =
-        |m: &str| mean(ok(res, m).filter_map(|r| r.phases.first().map(|p| p.cpu_us_per_register)));
-    let (px, ps, pn) = (peak("xdp"), peak("socket"), peak("null-responder"));
+    let phase_mean = |m: &str, name: &str, f: fn(&PhaseResult) -> f64| {
+        mean(ok(res, m).filter_map(|r| r.phases.iter().find(|p| p.name == name).map(f)))
+    };
     let _ = writeln!(md);
-    if px > 0.0 && ps > 0.0 {
-        let ratio = px / ps;
-        let (cx, cs) = (cpu("xdp"), cpu("socket"));
-        let _ = writeln!(
-            md,
-            "**XDP / socket peak reg/s: {ratio:.2}×** ({px:.0} vs {ps:.0}, mean over rounds; goal ≥ 1.5×: {}). \
-             Generator ceiling over the same veth (null responder): {pn:.0} reg/s{}.\n\n\
-             **Server CPU per REGISTER: XDP {cx:.2} µs, socket {cs:.2} µs** (socket/XDP {:.2}×; \
-             the daemon's own CPU only: XDP program and veth copy run in softirq, mostly charged \
-             to the sending generator).\n",
-            if ratio >= 1.5 { "met" } else { "NOT met" },
-            if pn > 0.0 && px.max(ps) > 1.05 * pn {
-                " — a mode beat the null responder, so it is no strict ceiling here (it answers \
-                 from 2 plain threads); the saturated ratio below is the daemon-bound one"
-            } else if pn > 0.0 && px.min(ps) > 0.8 * pn {
-                " — both modes are within 20 % of it: the generator, not the server, is the limit"
-            } else if pn > 0.0 && px.max(ps) > 0.8 * pn {
-                " — the faster mode is within 20 % of it: the ratio understates the difference"
-            } else {
-                ""
-            },
-            if cx > 0.0 { cs / cx } else { 0.0 }
-        );
-        let (sx, ss) = (
-            mean(ok(res, "xdp").map(saturated)),
-            mean(ok(res, "socket").map(saturated)),
-        );
-        if sx > 0.0 && ss > 0.0 {
-            let _ = writeln!(
-                md,
-                "**Saturated (daemon-bound) throughput, XDP / socket: {:.2}×** ({sx:.0} vs {ss:.0} \
-                 REGISTER/s answered to the flooded group A, mean over rounds; the flooder, unlike \
-                 the storm generator, outruns the daemon in both modes).\n",
-                sx / ss
-            );
-        }
+    let (cx, cs) = (
+        mean(ok(res, "xdp").map(|r| r.capacity)),
+        mean(ok(res, "socket").map(|r| r.capacity)),
+    );
+    if cx > 0.0 && cs > 0.0 {
+        let ratio = cx / cs;
         let per_round: Vec<String> = ok(res, "xdp")
             .filter_map(|x| {
                 let s = ok(res, "socket").find(|s| s.round == x.round)?;
-                (s.peak > 0.0).then(|| format!("{:.2}×", x.peak / s.peak))
+                (s.capacity > 0.0).then(|| format!("{:.2}×", x.capacity / s.capacity))
             })
             .collect();
+        let (ux, us) = (
+            phase_mean("xdp", "capacity", |p| p.cpu_us_per_register),
+            phase_mean("socket", "capacity", |p| p.cpu_us_per_register),
+        );
         let _ = writeln!(
             md,
-            "Per round (XDP run / the socket run right after it): {}.\n",
-            per_round.join(", ")
+            "**Capacity, XDP / socket: {ratio:.2}×** ({cx:.0} vs {cs:.0} REGISTER/s answered by {} \
+             server core(s) under a flood it cannot keep up with, mean over rounds; goal ≥ 1.5×: {}). \
+             Per round: {}. Server CPU per REGISTER answered: XDP {ux:.2} µs, socket {us:.2} µs.\n",
+            res.workers,
+            if ratio >= 1.5 { "met" } else { "NOT met" },
+            per_round.join(", "),
         );
     } else {
         let _ = writeln!(
             md,
-            "**No XDP/socket ratio**: a mode has no successful run (see errors above).\n"
+            "**No XDP/socket capacity ratio**: a mode has no successful run (see errors above).\n"
+        );
+    }
+    let (px, ps, pn) = (
+        mean(ok(res, "xdp").map(|r| r.peak)),
+        mean(ok(res, "socket").map(|r| r.peak)),
+        mean(ok(res, "null-responder").map(|r| r.peak)),
+    );
+    if px > 0.0 && ps > 0.0 {
+        let _ = writeln!(
+            md,
+            "Closed-loop peak, XDP / socket: {:.2}× ({px:.0} vs {ps:.0} reg/s). The generator runs \
+             on the client core(s) and waits for every answer: its ceiling over the same veth \
+             (null responder on the server cores) is {pn:.0} reg/s{}.\n",
+            px / ps,
+            if pn > 0.0 && px.min(ps) > 0.8 * pn {
+                ", and both modes are within 20 % of it: this row measures the generator, \
+                 the capacity row the server"
+            } else {
+                ""
+            },
         );
     }
     for m in ["xdp", "socket"] {
-        let iso: Vec<(f64, f64, f64)> = ok(res, m)
+        let iso: Vec<(f64, f64, f64, f64)> = ok(res, m)
             .filter_map(|r| {
-                let un = r.phases.iter().find(|p| p.name == "isolation-unloaded")?;
                 let fl = r.phases.iter().find(|p| p.name == "isolation-flooded")?;
                 let ctl = r.phases.iter().find(|p| p.name == "isolation-control");
-                let u = un.p99_us.max(1) as f64;
+                let u = baseline_p99(r).max(1) as f64;
+                let sent = fl.flood.as_ref().and_then(|f| f["rate"].as_f64())?;
                 Some((
                     fl.success_pct,
                     fl.p99_us as f64 / u,
                     ctl.map_or(0.0, |c| c.p99_us as f64 / u),
+                    if r.capacity > 0.0 {
+                        sent / r.capacity
+                    } else {
+                        0.0
+                    },
                 ))
             })
             .collect();
         if iso.is_empty() {
             continue;
         }
-        let met = iso.iter().all(|(s, q, _)| *s >= 100.0 && *q <= 2.0);
+        let met = iso.iter().all(|(s, q, _, _)| *s >= 100.0 && *q <= 2.0);
+        let join = |f: &dyn Fn(&(f64, f64, f64, f64)) -> String| {
+            iso.iter().map(f).collect::<Vec<_>>().join(" / ")
+        };
         let _ = writeln!(
             md,
-            "Isolation, {m}: group B success {} %, p99 flooded/unloaded {} (budget: 100 % and ≤ 2×: {}); \
-             control (same flood to a closed port) p99/unloaded {}.",
-            iso.iter().map(|(s, _, _)| format!("{s:.2}")).collect::<Vec<_>>().join(" / "),
-            iso.iter().map(|(_, q, _)| format!("{q:.2}×")).collect::<Vec<_>>().join(" / "),
+            "Isolation, {m}: group A flooded at {} its capacity; group B success {} %, p99 \
+             flooded/unloaded {} (budget: 100 % and ≤ 2×: {}); control (same flood to a closed \
+             port) p99/unloaded {}.",
+            join(&|t| format!("{:.1}×", t.3)),
+            join(&|t| format!("{:.2}", t.0)),
+            join(&|t| format!("{:.2}×", t.1)),
             if met { "met" } else { "NOT met" },
-            iso.iter().map(|(_, _, c)| format!("{c:.2}×")).collect::<Vec<_>>().join(" / ")
+            join(&|t| format!("{:.2}×", t.2)),
         );
     }
     md
-}
-
-/// REGISTERs per second the daemon answered for group A while flooded: A's `rx` counter
-/// (only the flooded phase sends from A to the SIP port) over the flood's duration. Unlike
-/// the peak phase this is not capped by the storm generator: the daemon is saturated.
-fn saturated(r: &Run) -> f64 {
-    let fl = r.phases.iter().find(|p| p.name == "isolation-flooded");
-    let secs = fl
-        .and_then(|p| p.flood.as_ref())
-        .and_then(|f| f["seconds"].as_f64())
-        .unwrap_or(0.0);
-    let rx = r.groups["groups"]
-        .get(1)
-        .and_then(|g| g["counters"]["rx"].as_u64())
-        .unwrap_or(0);
-    if secs > 0.0 {
-        rx as f64 / secs
-    } else {
-        0.0
-    }
-}
-
-/// Group A ("flood", index 1) in `show groups --json`: the share of the flooder's datagrams
-/// the server handled, and the drops it counted (every counter named `*drop*`: XDP verdicts,
-/// queue and kernel socket drops). The rest of what was sent vanished uncounted by the daemon
-/// (full socket buffer on the flooder's side, full AF_XDP rings).
-fn group_a(groups: &Value, flood: Option<&Value>) -> String {
-    fn drops(v: &Value) -> u64 {
-        match v {
-            Value::Object(m) => m
-                .iter()
-                .map(|(k, v)| match v {
-                    Value::Number(n) if k.contains("drop") => n.as_u64().unwrap_or(0),
-                    Value::Object(_) => drops(v),
-                    _ => 0,
-                })
-                .sum(),
-            _ => 0,
-        }
-    }
-    let Some(g) = groups["groups"].get(1) else {
-        return "n/a".into();
-    };
-    let rx = g["counters"]["rx"].as_u64().unwrap_or(0);
-    let sent = flood.and_then(|f| f["sent"].as_u64()).unwrap_or(0);
-    format!(
-        "{:.1} % ({})",
-        if sent > 0 {
-            100.0 * rx as f64 / sent as f64
-        } else {
-            0.0
-        },
-        drops(g)
-    )
 }
