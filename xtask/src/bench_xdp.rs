@@ -1062,41 +1062,45 @@ fn report_md(res: &XdpResults) -> String {
         );
     }
     for m in ["xdp", "socket"] {
-        let iso: Vec<(f64, f64, f64, f64)> = ok(res, m)
+        struct Iso {
+            success: f64,
+            ratio: f64,
+            control: f64,
+            multiple: f64,
+        }
+        let iso: Vec<Iso> = ok(res, m)
             .filter_map(|r| {
                 let fl = r.phases.iter().find(|p| p.name == "isolation-flooded")?;
                 let ctl = r.phases.iter().find(|p| p.name == "isolation-control");
                 let u = baseline_p99(r).max(1) as f64;
                 let sent = fl.flood.as_ref().and_then(|f| f["rate"].as_f64())?;
-                Some((
-                    fl.success_pct,
-                    fl.p99_us as f64 / u,
-                    ctl.map_or(0.0, |c| c.p99_us as f64 / u),
-                    if r.capacity > 0.0 {
+                Some(Iso {
+                    success: fl.success_pct,
+                    ratio: fl.p99_us as f64 / u,
+                    control: ctl.map_or(0.0, |c| c.p99_us as f64 / u),
+                    multiple: if r.capacity > 0.0 {
                         sent / r.capacity
                     } else {
                         0.0
                     },
-                ))
+                })
             })
             .collect();
         if iso.is_empty() {
             continue;
         }
-        let met = iso.iter().all(|(s, q, _, _)| *s >= 100.0 && *q <= 2.0);
-        let join = |f: &dyn Fn(&(f64, f64, f64, f64)) -> String| {
-            iso.iter().map(f).collect::<Vec<_>>().join(" / ")
-        };
+        let met = iso.iter().all(|i| i.success >= 100.0 && i.ratio <= 2.0);
+        let join = |f: &dyn Fn(&Iso) -> String| iso.iter().map(f).collect::<Vec<_>>().join(" / ");
         let _ = writeln!(
             md,
             "Isolation, {m}: group A flooded at {} its capacity; group B success {} %, p99 \
              flooded/unloaded {} (budget: 100 % and ≤ 2×: {}); control (same flood to a closed \
              port) p99/unloaded {}.",
-            join(&|t| format!("{:.1}×", t.3)),
-            join(&|t| format!("{:.2}", t.0)),
-            join(&|t| format!("{:.2}×", t.1)),
+            join(&|i| format!("{:.1}×", i.multiple)),
+            join(&|i| format!("{:.2}", i.success)),
+            join(&|i| format!("{:.2}×", i.ratio)),
             if met { "met" } else { "NOT met" },
-            join(&|t| format!("{:.2}×", t.2)),
+            join(&|i| format!("{:.2}×", i.control)),
         );
     }
     md
