@@ -451,6 +451,9 @@ fn fixture_table() {
     assert_eq!(snap.group(2, Verdict::DropRate), 1);
     assert_eq!(snap.group(2, Verdict::RedirectFailedPass), 3);
     assert_eq!(snap.group(4, Verdict::DropGroup), 1);
+    // The denied source (198.18.1.66) is dropped before classification, yet attributed to
+    // its group.
+    assert_eq!(snap.group(1, Verdict::DropDenied), 1);
     assert!(snap.group(1, Verdict::RedirectFailedPass) >= 5);
     assert_eq!(snap.group(3, Verdict::RedirectFailedPass), 2);
 

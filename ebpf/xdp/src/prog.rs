@@ -311,6 +311,15 @@ fn process(ctx: &XdpContext) -> (Verdict, u32) {
         let until = unsafe { (*d).until_ns };
         now = unsafe { bpf_ktime_get_ns() };
         if until == 0 || now < until {
+            // The group lookup only on this path, so the operator sees which group the
+            // denied sources belong to without costing the normal path anything.
+            let group = match v4 {
+                Some(a) => TS_LPM_V4.get(Key::new(32, a)).copied(),
+                None => TS_LPM_V6.get(Key::new(128, src.addr)).copied(),
+            };
+            if let Some(g) = group {
+                count_group(g.group_id, Verdict::DropDenied);
+            }
             return (Verdict::DropDenied, xdp_action::XDP_DROP);
         }
         // Expired: forget it so the next packet skips the clock read.
