@@ -125,9 +125,13 @@ pub struct BenchArgs {
     /// Null responder threads (SO_REUSEPORT sockets).
     #[arg(long, default_value_t = 2)]
     pub null_threads: usize,
-    /// Instead: XDP vs socket data plane over veth between network namespaces (bench_xdp.rs).
-    #[arg(long)]
+    /// Only the XDP vs socket data plane section over veth between network namespaces
+    /// (bench_xdp.rs), which otherwise runs after the loopback matrix.
+    #[arg(long, conflicts_with = "no_xdp")]
     pub xdp: bool,
+    /// Skip the XDP vs socket section.
+    #[arg(long)]
+    pub no_xdp: bool,
     /// Do not build release binaries first.
     #[arg(long)]
     pub no_build: bool,
@@ -191,8 +195,11 @@ struct Results {
 
 pub fn run_bench(root: &Path, args: BenchArgs) -> Result<()> {
     if args.xdp {
-        // XDP vs socket over veth: its own run and report (xdp.md / xdp.json, bench_xdp.rs).
-        return crate::bench_xdp::run(root, &args);
+        // XDP vs socket over veth alone: its own report (xdp.md / xdp.json, bench_xdp.rs).
+        if let crate::bench_xdp::Outcome::Report(md) = crate::bench_xdp::run(root, &args, None)? {
+            println!("{md}");
+        }
+        return Ok(());
     }
     // The generator runs inside this process: `cargo xtask` builds xtask unoptimized, and a
     // debug generator is several times slower than the release one (it would become the
@@ -270,9 +277,6 @@ pub fn run_bench(root: &Path, args: BenchArgs) -> Result<()> {
             systems.retain(|s| *s != System::Turnstile);
         }
     }
-    // `--xdp` is its own run (bench_xdp.rs) and returned above.
-    let xdp =
-        "separate run: `cargo xtask bench --xdp` (XDP vs socket over veth, xdp.md)".to_string();
     let stamp = utc_stamp();
     let out = args
         .out
@@ -324,14 +328,41 @@ pub fn run_bench(root: &Path, args: BenchArgs) -> Result<()> {
             .to_string(),
         kamailio_version: kamailio_version(),
         turnstile_skipped,
-        xdp,
+        xdp: String::new(),
         runs,
+    };
+    // XDP vs socket over veth, same directory, after the loopback matrix (which must not
+    // share the machine with it); its section goes at the end of report.md.
+    let mut results = results;
+    let xdp_md = if args.no_xdp {
+        results.xdp = "skipped (--no-xdp)".into();
+        None
+    } else {
+        match crate::bench_xdp::run(root, &args, Some(&out)) {
+            Ok(crate::bench_xdp::Outcome::Report(md)) => {
+                results.xdp = "see the section at the end (xdp.md, xdp.json)".into();
+                Some(md)
+            }
+            Ok(crate::bench_xdp::Outcome::Skipped(why)) => {
+                results.xdp = format!("skipped: {why}");
+                None
+            }
+            Err(e) => {
+                results.xdp = format!("failed: {e:#}");
+                None
+            }
+        }
     };
     std::fs::write(
         out.join("results.json"),
         serde_json::to_string_pretty(&results)?,
     )?;
-    let md = report_md(&results);
+    let mut md = report_md(&results);
+    if let Some(x) = xdp_md {
+        // One level down: a section of this report.
+        md.push('\n');
+        md.push_str(&x.replacen("# XDP vs socket", "## XDP vs socket", 1));
+    }
     std::fs::write(out.join("report.md"), &md)?;
     std::fs::write(out.join("throughput.svg"), svg(&results))?;
     println!("{md}");

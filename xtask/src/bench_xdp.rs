@@ -306,17 +306,25 @@ enum Side {
     Flooder,
 }
 
-/// Entry point from `cargo xtask bench --xdp`: its own run and report (`xdp.md`, `xdp.json`).
-pub fn run(root: &Path, args: &BenchArgs) -> Result<()> {
+/// What the XDP section produced: its Markdown report, or why it was skipped.
+pub enum Outcome {
+    Report(String),
+    Skipped(String),
+}
+
+/// Entry point from `cargo xtask bench` (after the loopback matrix, into the same directory)
+/// and `cargo xtask bench --xdp` (alone): writes `xdp.md` and `xdp.json` into `out`, or into
+/// `bench-results/<UTC timestamp>` when `out` is `None`.
+pub fn run(root: &Path, args: &BenchArgs, out: Option<&Path>) -> Result<Outcome> {
     let t0 = Instant::now();
     // SAFETY: geteuid has no preconditions.
     if unsafe { libc::geteuid() } != 0 {
-        println!("XDP rows skipped: needs root (network namespaces, veth, BPF)");
-        return Ok(());
+        return Ok(skipped("needs root (network namespaces, veth, BPF)"));
     }
     if Command::new("ip").arg("-V").output().is_err() {
-        println!("XDP rows skipped: `ip` (iproute2) not installed; run `bash scripts/setup.sh`");
-        return Ok(());
+        return Ok(skipped(
+            "`ip` (iproute2) not installed; run `bash scripts/setup.sh`",
+        ));
     }
     let release = root.join("target/release");
     if !args.no_build {
@@ -335,20 +343,18 @@ pub fn run(root: &Path, args: &BenchArgs) -> Result<()> {
             .map(|s| s.success())
             .unwrap_or(false);
         if !ok {
-            println!("XDP rows skipped: target/release/turnstile did not build");
-            return Ok(());
+            return Ok(skipped("target/release/turnstile did not build"));
         }
     }
     for b in ["turnstile", "storm-veth"] {
         if !release.join(b).exists() {
-            println!("XDP rows skipped: target/release/{b} missing");
-            return Ok(());
+            return Ok(skipped(&format!("target/release/{b} missing")));
         }
     }
     let stamp = stamp();
-    let out = args
-        .out
-        .clone()
+    let out = out
+        .map(Path::to_path_buf)
+        .or_else(|| args.out.clone())
         .unwrap_or_else(|| root.join("bench-results").join(&stamp));
     std::fs::create_dir_all(&out)?;
     eprintln!("bench --xdp: results in {}", out.display());
@@ -434,13 +440,17 @@ pub fn run(root: &Path, args: &BenchArgs) -> Result<()> {
     std::fs::write(out.join("xdp.json"), serde_json::to_string_pretty(&res)?)?;
     let md = report_md(&res);
     std::fs::write(out.join("xdp.md"), &md)?;
-    println!("{md}");
     eprintln!(
         "bench --xdp: done in {:.0}s: {}/xdp.md, xdp.json",
         t0.elapsed().as_secs_f64(),
         out.display()
     );
-    Ok(())
+    Ok(Outcome::Report(md))
+}
+
+fn skipped(why: &str) -> Outcome {
+    eprintln!("XDP rows skipped: {why}");
+    Outcome::Skipped(why.to_string())
 }
 
 fn stamp() -> String {
