@@ -276,6 +276,20 @@ struct Worker {
     server_name: String,
     /// RFC 1123 date of the last second seen, formatted once per second.
     date: (u64, String),
+    /// Transaction key of the request being handled (`None`: not keyed), computed once in
+    /// `on_request` for the retransmission lookup and reused when the answer is stored.
+    txn_key: Option<u64>,
+    reg_bufs: RegBufs,
+}
+
+/// Buffers reused by every REGISTER so the hot path does not allocate.
+#[derive(Default)]
+struct RegBufs {
+    /// The canonical AOR.
+    aor: String,
+    /// The Contacts' comparison keys laid end to end; `key_ends[i]` is where key `i` ends.
+    keys: String,
+    key_ends: smallvec::SmallVec<[usize; 4]>,
 }
 
 impl Engine {
@@ -293,6 +307,8 @@ impl Engine {
                 rng: SmallRng::seed_from_u64(seed),
                 server_name,
                 date: (u64::MAX, String::new()),
+                txn_key: None,
+                reg_bufs: RegBufs::default(),
             },
         }
     }
@@ -364,6 +380,7 @@ impl Worker {
             self.stats.inc_group(g, GroupCounter::Rx);
         }
         let mut scratch = std::mem::take(&mut self.scratch);
+        self.txn_key = None;
         match msg::parse(data, &mut scratch) {
             Ok(m) => {
                 if m.is_request() {
@@ -413,8 +430,9 @@ impl Worker {
             return;
         };
         let dst = response_destination(&via, src);
-        if let StartLine::Request { method_raw, .. } = m.start {
-            if let Some(key) = self.txns.key(m, &via, method_raw, src) {
+        if m.is_request() {
+            // `on_request` keyed this very request (same top Via, method and source).
+            if let Some(key) = self.txn_key {
                 self.txns.insert(
                     now,
                     key,
@@ -505,11 +523,8 @@ impl Worker {
     ) {
         // Retransmission of a request we answered: same bytes again, no second update.
         if let (Some(via), StartLine::Request { method_raw, .. }) = (m.top_via, m.start) {
-            if let Some(t) = self
-                .txns
-                .key(m, &via, method_raw, src)
-                .and_then(|k| self.txns.get(k))
-            {
+            self.txn_key = self.txns.key(m, &via, method_raw, src);
+            if let Some(t) = self.txn_key.and_then(|k| self.txns.get(k)) {
                 let (dst, payload) = (t.dst, t.response.clone());
                 self.stats.inc(Counter::Retransmissions);
                 if method_raw != b"ACK" {
@@ -605,6 +620,28 @@ impl Worker {
         hot: &msg::Hot<'_>,
         ruri: &Uri<'_>,
     ) {
+        let mut bufs = std::mem::take(&mut self.reg_bufs);
+        self.register_with(
+            shared, now, src, local, gid, kind, auth_mode, m, hot, ruri, &mut bufs,
+        );
+        self.reg_bufs = bufs;
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn register_with(
+        &mut self,
+        shared: &Shared,
+        now: Millis,
+        src: SocketAddr,
+        local: SocketAddr,
+        gid: GroupId,
+        kind: GroupKind,
+        auth_mode: AuthMode,
+        m: &Message<'_>,
+        hot: &msg::Hot<'_>,
+        ruri: &Uri<'_>,
+        bufs: &mut RegBufs,
+    ) {
         let fail = |e: &mut Worker| {
             e.stats.inc(Counter::RegisterFailed);
             e.stats.inc_group(gid, GroupCounter::RegisterFailed);
@@ -648,7 +685,9 @@ impl Worker {
             );
             return;
         }
-        let aor = canonical_aor(&to_uri, &shared.config.domain);
+        bufs.aor.clear();
+        write_canonical_aor(&to_uri, &shared.domain_lc, &mut bufs.aor);
+        let aor = bufs.aor.as_str();
 
         // §10.3 steps 2-3 (auth) come before touching bindings.
         if auth_mode == AuthMode::Local {
@@ -676,7 +715,7 @@ impl Worker {
                 AuthOutcome::Authenticated { username } => {
                     // §10.3 step 3: may this user modify this AOR? Our policy: the
                     // authenticated username must be the AOR's user part.
-                    let to_user = aor_user(&aor);
+                    let to_user = aor_user(aor);
                     if to_user != username {
                         self.stats.inc(Counter::AuthFailures);
                         self.event(Event::AuthFailed { src: src.ip() });
@@ -719,7 +758,8 @@ impl Worker {
 
         // Contacts (§10.3 step 6).
         let mut star = false;
-        let mut keys: smallvec::SmallVec<[String; 4]> = smallvec::SmallVec::new();
+        bufs.keys.clear();
+        bufs.key_ends.clear();
         let mut parsed: smallvec::SmallVec<[(NameAddr<'_>, Uri<'_>); 4]> =
             smallvec::SmallVec::new();
         for item in m.list(HeaderName::Contact) {
@@ -754,11 +794,15 @@ impl Worker {
                 );
                 return;
             }
-            keys.push(uri.key());
+            uri.write_key(&mut bufs.keys);
+            bufs.key_ends.push(bufs.keys.len());
             parsed.push((na, uri));
         }
         let mut contacts: smallvec::SmallVec<[ContactReq<'_>; 4]> = smallvec::SmallVec::new();
+        let mut key_start = 0;
         for (i, (na, _uri)) in parsed.iter().enumerate() {
+            let key = &bufs.keys[key_start..bufs.key_ends[i]];
+            key_start = bufs.key_ends[i];
             // One pass over the contact's parameters.
             let (mut expires, mut q, mut instance, mut reg_id) = (None, None, None, None);
             for (n, v) in fields::params(na.params) {
@@ -796,7 +840,7 @@ impl Worker {
             }
             contacts.push(ContactReq {
                 uri: std::str::from_utf8(na.uri).unwrap_or(""),
-                key: &keys[i],
+                key,
                 expires,
                 q,
                 instance,
@@ -818,7 +862,7 @@ impl Worker {
         let call_id = std::str::from_utf8(hot.call_id).unwrap_or("");
         let transport = transport_of(hot.via.transport);
         let req = RegisterReq {
-            aor: &aor,
+            aor,
             call_id,
             cseq: hot.cseq.seq,
             star,
@@ -1202,17 +1246,22 @@ fn next_hop(contact: &str, source: SocketAddr) -> SocketAddr {
 /// `sip:alice@127.0.0.1` and `sip:alice@example.test` are the same user.
 fn canonical_aor(uri: &Uri<'_>, domain: &str) -> String {
     let mut s = String::with_capacity(uri.raw.len() + domain.len());
-    s.push_str(if uri.scheme == Scheme::Sips {
+    write_canonical_aor(uri, &domain.to_ascii_lowercase(), &mut s);
+    s
+}
+
+/// [`canonical_aor`] appended to `out`, with the domain already lower-case.
+fn write_canonical_aor(uri: &Uri<'_>, domain_lc: &str, out: &mut String) {
+    out.push_str(if uri.scheme == Scheme::Sips {
         "sips:"
     } else {
         "sip:"
     });
     if let Some(u) = uri.user {
-        crate::msg::uri::unescape_into(u, &mut s);
-        s.push('@');
+        crate::msg::uri::unescape_into(u, out);
+        out.push('@');
     }
-    s.push_str(&domain.to_ascii_lowercase());
-    s
+    out.push_str(domain_lc);
 }
 
 /// The user part of a canonical AOR.
