@@ -56,6 +56,52 @@ pub fn trim(mut s: &[u8]) -> &[u8] {
     s
 }
 
+const LO: u64 = 0x0101_0101_0101_0101;
+const HI: u64 = 0x8080_8080_8080_8080;
+
+/// High bit set in each byte of `w` equal to `c`. Bytes above a true match may be flagged
+/// too (borrow), but the lowest flagged byte is always a true match, which is all
+/// [`find_any`] uses.
+#[inline(always)]
+fn eq_mask(w: u64, c: u8) -> u64 {
+    let x = w ^ (LO * c as u64);
+    x.wrapping_sub(LO) & !x & HI
+}
+
+/// Index of the first byte of `s[from..]` that is one of `set`, or `s.len()`. Eight bytes
+/// per step (SWAR): header values are short, so this beats both a byte loop and a call into
+/// `memchr` (whose vector paths only pay off beyond a few dozen bytes).
+#[inline]
+pub fn find_any<const N: usize>(s: &[u8], from: usize, set: [u8; N]) -> usize {
+    let mut i = from;
+    while let Some(chunk) = s.get(i..i + 8) {
+        let mut w = [0u8; 8];
+        w.copy_from_slice(chunk);
+        let w = u64::from_le_bytes(w);
+        let mut m = 0;
+        for c in set {
+            m |= eq_mask(w, c);
+        }
+        if m != 0 {
+            return i + (m.trailing_zeros() / 8) as usize;
+        }
+        i += 8;
+    }
+    while i < s.len() {
+        if set.contains(&s[i]) {
+            return i;
+        }
+        i += 1;
+    }
+    s.len()
+}
+
+/// Whether `s` contains LWS (SP, HTAB, CR or LF).
+#[inline]
+pub fn has_lws(s: &[u8]) -> bool {
+    find_any(s, 0, [b' ', b'\t', b'\r', b'\n']) < s.len()
+}
+
 /// Byte-class lookup tables: one load per byte instead of a chain of compares.
 const fn class_table(extra: &[u8], unreserved: bool) -> [bool; 256] {
     let mut t = [false; 256];
@@ -132,6 +178,7 @@ impl<'a> Iterator for ListIter<'a> {
             let mut i = 0;
             let mut angle = false;
             let end = loop {
+                i = find_any(s, i, [b'"', b'<', b'>', b',']);
                 if i >= s.len() {
                     break s.len();
                 }
@@ -198,7 +245,15 @@ impl<'a> Iterator for ParamIter<'a> {
             // The parameter ends at the next ';' outside a quoted string.
             let mut j = start;
             let mut eq = None;
-            while j < s.len() {
+            loop {
+                j = if eq.is_none() {
+                    find_any(s, j, [b';', b'=', b'"'])
+                } else {
+                    find_any(s, j, [b';', b'"'])
+                };
+                if j >= s.len() {
+                    break;
+                }
                 match s[j] {
                     b';' => break,
                     b'=' if eq.is_none() => {
@@ -441,7 +496,7 @@ impl<'a> NameAddr<'a> {
         let gt = memchr::memchr(b'>', s).ok_or(FieldError::NameAddr)?;
         let uri = &s[1..gt];
         // No LWS is allowed inside the brackets (RFC 4475 §3.1.2.12 badaspec: "< sip:… >").
-        if uri.is_empty() || uri.iter().any(|&c| is_lws(c)) {
+        if uri.is_empty() || has_lws(uri) {
             return Err(FieldError::NameAddr);
         }
         let params = trim(&s[gt + 1..]);
@@ -594,6 +649,31 @@ mod tests {
         assert!(NameAddr::parse(b"\"Watson, Thomas\" < sip:t.watson@example.org >").is_err());
         assert!(NameAddr::parse(b"sip:user@example.com?Route=%3Csip:sip.example.com%3E").is_err());
         assert!(NameAddr::parse(b"<sip:x@y").is_err());
+    }
+
+    #[test]
+    fn find_any_matches_a_byte_loop() {
+        let naive = |s: &[u8], from: usize, set: &[u8]| {
+            (from..s.len())
+                .find(|&i| set.contains(&s[i]))
+                .unwrap_or(s.len())
+        };
+        let hay: &[u8] = b"branch=z9hG4bK0123456789abcdef;rport;received=\"a;b\"\x80\xff=;";
+        for from in 0..=hay.len() {
+            for end in from..=hay.len() {
+                let s = &hay[..end];
+                assert_eq!(
+                    find_any(s, from, [b';', b'=', b'"']),
+                    naive(s, from, b";=\""),
+                    "{from}..{end}"
+                );
+                assert_eq!(find_any(s, from, [0x80]), naive(s, from, &[0x80]));
+            }
+        }
+        // A match right after a byte that borrows (0x00 next to the target) stays exact.
+        assert_eq!(find_any(b"\x00\x01;;;;;;;;", 0, [b';']), 2);
+        assert_eq!(find_any(b"aaaaaaaaaaaaaaaa", 3, [b';']), 16);
+        assert!(has_lws(b"abcdefghij\tk") && !has_lws(b"abcdefghijk"));
     }
 
     #[test]

@@ -16,7 +16,7 @@ pub mod uri;
 
 pub use header::HeaderName;
 
-use fields::{is_lws, is_token, trim, CSeq, NameAddr, Via};
+use fields::{is_token, trim, CSeq, NameAddr, Via};
 use smallvec::SmallVec;
 use uri::Uri;
 
@@ -483,7 +483,7 @@ fn parse_start_line(line: &[u8]) -> Result<(StartLine<'_>, Option<Defect>), Pars
     let version = &rest[sp2 + 1..];
     let method = Method::from_bytes(method_raw);
     let mut defect = None;
-    if uri.is_empty() || uri.iter().any(|&c| is_lws(c)) || version.is_empty() {
+    if uri.is_empty() || fields::has_lws(uri) || version.is_empty() {
         defect = Some(Defect::BadRequestLine);
     } else if !version.eq_ignore_ascii_case(b"SIP/2.0") {
         defect = Some(
@@ -588,7 +588,7 @@ impl<'a> Message<'a> {
         let (from, _) = parse_na(H::From)?;
         let (to, to_uri) = parse_na(H::To)?;
         let call_id = need(H::CallId)?;
-        if call_id.is_empty() || call_id.iter().any(|&c| is_lws(c)) {
+        if call_id.is_empty() || fields::has_lws(call_id) {
             return Err(Defect::BadHeader(H::CallId, fields::FieldError::Params));
         }
         let cseq = CSeq::parse(need(H::CSeq)?).map_err(|e| Defect::BadHeader(H::CSeq, e))?;

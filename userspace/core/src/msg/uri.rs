@@ -50,7 +50,17 @@ static USER: [bool; 256] = unreserved_plus(b"&=+$,;?/");
 static PASSWORD: [bool; 256] = unreserved_plus(b"&=+$,");
 static PARAMS: [bool; 256] = unreserved_plus(b"[]/:&+$;=");
 static HEADERS: [bool; 256] = unreserved_plus(b"[]/?:+$&=");
-static HOST: [bool; 256] = unreserved_plus(b"");
+/// Host name / IPv4 characters: alphanumerics, '-', '.' and '_' (see `valid_host`).
+static HOSTNAME: [bool; 256] = {
+    let mut t = [false; 256];
+    let mut i = 0;
+    while i < 256 {
+        let c = i as u8;
+        t[i] = c.is_ascii_alphanumeric() || c == b'-' || c == b'.' || c == b'_';
+        i += 1;
+    }
+    t
+};
 
 /// Validates `%HH` escapes and that every other byte is in `class`.
 fn check_escaped(s: &[u8], class: &[bool; 256]) -> Result<(), UriError> {
@@ -87,16 +97,8 @@ fn valid_host(h: &[u8]) -> bool {
     // hostname / IPv4address: alphanumerics, '-', '.'; RFC 3261 §25.1 also forbids a
     // leading '-' per label, which we tolerate (real devices send odd names; being strict
     // here rejects phones, not attacks).
-    // (HOST admits a few more unreserved marks; `_` appears in real host names.)
-    h.iter().all(|&c| {
-        HOST[c as usize]
-            && c != b'('
-            && c != b')'
-            && c != b'\''
-            && c != b'*'
-            && c != b'!'
-            && c != b'~'
-    })
+    // (`_` is not in the grammar but appears in real host names.)
+    h.iter().all(|&c| HOSTNAME[c as usize])
 }
 
 impl<'a> Uri<'a> {
@@ -414,8 +416,19 @@ fn opt_eq_ci(a: Option<&[u8]>, b: Option<&[u8]>) -> bool {
 }
 
 fn push_lower(s: &[u8], out: &mut String) {
-    for &c in s {
-        out.push(c.to_ascii_lowercase() as char);
+    match std::str::from_utf8(s) {
+        // The common case, ASCII: one copy, lower-cased in place.
+        Ok(a) if a.is_ascii() => {
+            let start = out.len();
+            out.push_str(a);
+            out[start..].make_ascii_lowercase();
+        }
+        // Each byte as the char of the same value, as before (never on validated hosts).
+        _ => {
+            for &c in s {
+                out.push(c.to_ascii_lowercase() as char);
+            }
+        }
     }
 }
 
@@ -431,7 +444,14 @@ fn hexval(c: u8) -> u8 {
 /// Percent-decodes into `out`. Decoded bytes that are not valid UTF-8 on their own are kept
 /// as `%HH` so the result is still unambiguous.
 pub fn unescape_into(s: &[u8], out: &mut String) {
-    let mut i = 0;
+    // Copy the leading run with nothing to decode (usually all of it) in one go; bytes from
+    // the first '%' or non-ASCII byte on take the loop below.
+    let plain = s
+        .iter()
+        .position(|&c| c == b'%' || !c.is_ascii())
+        .unwrap_or(s.len());
+    out.push_str(std::str::from_utf8(&s[..plain]).unwrap_or_default());
+    let mut i = plain;
     while i < s.len() {
         let c = s[i];
         if c == b'%' && i + 2 < s.len() {
@@ -491,6 +511,22 @@ mod tests {
 
     fn u(s: &str) -> Uri<'_> {
         Uri::parse(s.as_bytes()).unwrap_or_else(|e| panic!("{s}: {e:?}"))
+    }
+
+    #[test]
+    fn unescape_and_lower_keep_byte_semantics() {
+        let mut out = String::new();
+        unescape_into(b"al%69ce%2", &mut out);
+        assert_eq!(out, "alice%2");
+        out.clear();
+        // Non-ASCII bytes become the char of the same value; %80 stays escaped (upper case).
+        unescape_into(b"a\xe9b%c3%a9", &mut out);
+        assert_eq!(out, "a\u{e9}b%C3%A9");
+        out.clear();
+        push_lower(b"Example.COM", &mut out);
+        push_lower(b"X\xc9", &mut out);
+        assert_eq!(out, "example.comx\u{c9}");
+        assert!(valid_host(b"a_b-c.d9") && !valid_host(b"a(b)") && !valid_host(b"a~b"));
     }
 
     #[test]
