@@ -54,6 +54,11 @@ struct Args {
     raw_iface: Option<String>,
     #[arg(long)]
     src_mac: Option<String>,
+    /// Flood mode with --raw-iface: generate the frames in the kernel with the XDP flood
+    /// program (BPF_PROG_RUN live frames) instead of AF_PACKET, for floods of millions of
+    /// packets per second (needs the `xdp-flood` build feature and root).
+    #[arg(long, requires = "raw_iface")]
+    xdp_flood: bool,
     #[arg(long)]
     dst_mac: Option<String>,
     /// Generator-ceiling mode: be the do-nothing responder (200 to everything) on `--target`
@@ -146,6 +151,7 @@ fn blast(a: &Args, rate: u32, duration: Duration) -> anyhow::Result<BlastReport>
         Some(i) => Some(Raw::open(a, i)?),
         None => None,
     };
+    let batch = BATCH;
     let socks: Vec<UdpSocket> = if raw.is_some() {
         // Raw frames come from ports RAW_PORT0.. (see `frame_head`): hold those ports so
         // the answers land in a socket buffer (and overflow there, silently) instead of
@@ -159,11 +165,11 @@ fn blast(a: &Args, rate: u32, duration: Duration) -> anyhow::Result<BlastReport>
             .collect::<Result<_, _>>()?
     };
     // One template per batch slot; the counter placeholders are rewritten before each send.
-    let mut bufs: Vec<Vec<u8>> = Vec::with_capacity(BATCH);
+    let mut bufs: Vec<Vec<u8>> = Vec::with_capacity(batch);
     let mut marks: Vec<Vec<usize>> = Vec::with_capacity(BATCH);
     let mut umarks: Vec<Vec<usize>> = Vec::with_capacity(BATCH);
     let ph = "#".repeat(CTR);
-    for _ in 0..BATCH {
+    for _ in 0..batch {
         let mut m = Vec::new();
         write!(
             m,
@@ -191,6 +197,13 @@ fn blast(a: &Args, rate: u32, duration: Duration) -> anyhow::Result<BlastReport>
         bufs.push(m);
         marks.push(keep);
         umarks.push(ukeep);
+    }
+    if a.xdp_flood {
+        // One template (slot 0's frame); the kernel rewrites its counters per frame.
+        match xdp_blast(a, rate, duration, &bufs[0], &marks[0], &umarks[0]) {
+            Ok(r) => return Ok(r),
+            Err(e) => eprintln!("storm-veth: XDP flood unavailable ({e:#}); AF_PACKET instead"),
+        }
     }
     let t0 = Instant::now();
     // `attempted` paces the loop; `sent` counts what the kernel accepted.
@@ -263,6 +276,72 @@ fn blast(a: &Args, rate: u32, duration: Duration) -> anyhow::Result<BlastReport>
         rate: sent as f64 / secs,
         send_errors: errors,
     })
+}
+
+/// `--xdp-flood`: the template frame through the kernel-side generator, paced in chunks of
+/// 50 ms worth each.
+#[cfg(feature = "xdp-flood")]
+fn xdp_blast(
+    a: &Args,
+    rate: u32,
+    duration: Duration,
+    frame: &[u8],
+    ctr: &[usize],
+    user: &[usize],
+) -> anyhow::Result<BlastReport> {
+    let iface = a.raw_iface.as_deref().unwrap_or_default();
+    let to16 = |v: &[usize]| v.iter().map(|&p| p as u16).collect::<Vec<u16>>();
+    let salt = (std::process::id() as u64) << 40
+        ^ std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_nanos() as u64);
+    let mut f = turnstile_daemon::xdp::flood::XdpFlood::open(
+        iface,
+        frame.to_vec(),
+        &to16(ctr),
+        &to16(user),
+        salt,
+    )?;
+    // Each BPF_PROG_RUN has a fixed set-up cost of a few milliseconds (page pool, code
+    // patching), so chunks are large: 50 ms worth.
+    let chunk = (rate / 20).clamp(1024, 1 << 20) as u64;
+    let t0 = Instant::now();
+    let (mut sent, mut errors) = (0u64, 0u64);
+    while t0.elapsed() < duration {
+        let due = (t0.elapsed().as_secs_f64() * rate as f64) as u64;
+        if sent >= due {
+            std::thread::sleep(Duration::from_micros(200));
+            continue;
+        }
+        let n = (due - sent).min(chunk);
+        match f.send(n as u32) {
+            Ok(()) => sent += n,
+            Err(e) => {
+                errors += 1;
+                anyhow::ensure!(errors < 10, "XDP flood: {e}");
+            }
+        }
+    }
+    let secs = t0.elapsed().as_secs_f64();
+    Ok(BlastReport {
+        sent,
+        attempted: sent,
+        seconds: secs,
+        rate: sent as f64 / secs,
+        send_errors: errors,
+    })
+}
+
+#[cfg(not(feature = "xdp-flood"))]
+fn xdp_blast(
+    _: &Args,
+    _: u32,
+    _: Duration,
+    _: &[u8],
+    _: &[usize],
+    _: &[usize],
+) -> anyhow::Result<BlastReport> {
+    anyhow::bail!("--xdp-flood needs storm-veth built with `--features xdp-flood`")
 }
 
 /// Source ports of the raw flood's frames.

@@ -25,6 +25,9 @@ pub const MAP_GROUP_COUNTERS: &str = "TS_GROUP_CNT";
 pub const MAP_XSKS: &str = "TS_XSKS";
 /// The XDP program's function name (section `xdp`).
 pub const PROG_NAME: &str = "turnstile_xdp";
+/// The benchmark flood generator in the same object (never attached by the daemon).
+pub const FLOOD_PROG_NAME: &str = "turnstile_flood";
+pub const MAP_FLOOD: &str = "TS_FLOOD";
 
 // ---------------------------------------------------------------------------------------------
 // Capacities.
@@ -299,6 +302,37 @@ impl Counters {
     }
 }
 
+// ---------------------------------------------------------------------------------------------
+// Benchmark flood generator (`turnstile_flood`, run with BPF_PROG_RUN in live-frames mode):
+// not part of the data plane. It rewrites counters in a template frame and redirects it out
+// of an interface, so a benchmark can offer millions of packets per second where a socket
+// sender manages a few hundred thousand.
+
+/// Counter fields per template (16 lowercase hex digits each: branch, tag, Call-ID …).
+pub const FLOOD_MAX_MARKS: usize = 4;
+/// Width of a counter field in the frame.
+pub const FLOOD_CTR_DIGITS: usize = 16;
+/// Width of a user field (the low 16 bits of the counter: 65,536 AORs).
+pub const FLOOD_USER_DIGITS: usize = 4;
+/// Offsets are masked to this (the verifier needs a bounded packet offset).
+pub const FLOOD_OFF_MASK: u16 = 0x7ff;
+
+/// Single-entry array map `TS_FLOOD`.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct FloodConfig {
+    /// Interface the frames leave by (`bpf_redirect`).
+    pub ifindex: u32,
+    pub _reserved: u32,
+    /// Added to the per-CPU sequence, so two runs never repeat a branch or Call-ID.
+    pub salt: u64,
+    /// Frame offsets of the counter fields; 0 = unused (offset 0 is the Ethernet header).
+    pub ctr_marks: [u16; FLOOD_MAX_MARKS],
+    /// Frame offsets of the user fields; 0 = unused.
+    pub user_marks: [u16; FLOOD_MAX_MARKS],
+}
+const _: () = assert!(size_of::<FloodConfig>() == 32);
+
 #[cfg(feature = "user")]
 mod pod {
     use super::*;
@@ -311,6 +345,7 @@ mod pod {
     unsafe impl aya::Pod for XdpMeta {}
     unsafe impl aya::Pod for XdpConfig {}
     unsafe impl aya::Pod for Counters {}
+    unsafe impl aya::Pod for FloodConfig {}
 }
 
 #[cfg(test)]

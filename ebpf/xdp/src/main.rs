@@ -21,12 +21,17 @@
 //! Every packet read goes through `Cursor`, which checks bounds against `data_end` right
 //! before each access so the verifier can see the check. Loops are bounded by constants.
 //!
+//! The object also carries `turnstile_flood` (`flood.rs`), the benchmark's packet generator;
+//! the daemon never loads it.
+//!
 //! On the host this crate builds a stub binary, so `cargo build --workspace` and
 //! `cargo clippy --workspace` work; the real program is compiled for `bpfel-unknown-none` by
 //! `userspace/daemon/build.rs`.
 #![cfg_attr(target_arch = "bpf", no_std)]
 #![cfg_attr(target_arch = "bpf", no_main)]
 
+#[cfg(target_arch = "bpf")]
+mod flood;
 #[cfg(target_arch = "bpf")]
 mod prog;
 

@@ -4,10 +4,13 @@
 //!   prefixes, deny list, counters, XSKMAP registration, `BPF_PROG_TEST_RUN`.
 //! - [`xsk`]: AF_XDP sockets with one shared UMEM per rx queue and one socket per
 //!   (queue, class), batch RX/TX for the worker loop.
+//! - [`flood`]: the benchmark's packet generator (live-frames `BPF_PROG_RUN`), not used by
+//!   the daemon.
 //!
 //! Shared layouts (map keys/values, metadata, counters) live in `turnstile_common`.
 
 pub mod error;
+pub mod flood;
 pub mod loader;
 pub mod packet;
 pub mod xsk;

@@ -1,0 +1,125 @@
+//! The benchmark's XDP flood generator (`turnstile_flood` in the embedded object): offers
+//! a template SIP frame at millions of packets per second by running the program with
+//! `BPF_PROG_RUN` in live-frames mode (Linux 5.18+), each repetition with fresh counters,
+//! redirected out of an interface. Used by `storm-veth --xdp-flood` for the isolation case
+//! ("a group flooded at 10× capacity"), which a socket sender on the same cores cannot
+//! reach. Not part of the data plane: the daemon never loads it.
+
+use aya::{
+    maps::Array,
+    programs::{TestRun, TestRunAttrs, TestRunOptions, Xdp},
+    Ebpf, EbpfLoader,
+};
+use turnstile_common::{
+    FloodConfig, FLOOD_CTR_DIGITS, FLOOD_MAX_MARKS, FLOOD_OFF_MASK, FLOOD_PROG_NAME,
+    FLOOD_USER_DIGITS, MAP_FLOOD,
+};
+
+use super::error::{classify, XdpError};
+use super::XDP_OBJECT;
+
+/// Frames the kernel builds per batch inside one `BPF_PROG_RUN` (its page pool size).
+const LIVE_BATCH: u32 = 64;
+
+pub struct XdpFlood {
+    ebpf: Ebpf,
+    frame: Vec<u8>,
+}
+
+impl XdpFlood {
+    /// Loads the generator for `frame` (a whole Ethernet frame, UDP checksum 0), leaving by
+    /// `iface`; `ctr_marks` / `user_marks` are the frame offsets of the 16-digit counter and
+    /// 4-digit user fields to rewrite per frame; `salt` keeps runs from repeating counters.
+    pub fn open(
+        iface: &str,
+        frame: Vec<u8>,
+        ctr_marks: &[u16],
+        user_marks: &[u16],
+        salt: u64,
+    ) -> Result<Self, XdpError> {
+        if XDP_OBJECT.is_empty() {
+            return Err(XdpError::NotBuilt);
+        }
+        let mut cfg = FloodConfig {
+            ifindex: ifindex(iface)?,
+            salt,
+            ..FloodConfig::default()
+        };
+        for (marks, digits, slots) in [
+            (ctr_marks, FLOOD_CTR_DIGITS, &mut cfg.ctr_marks),
+            (user_marks, FLOOD_USER_DIGITS, &mut cfg.user_marks),
+        ] {
+            if marks.len() > FLOOD_MAX_MARKS {
+                return Err(XdpError::InvalidParam(format!(
+                    "at most {FLOOD_MAX_MARKS} fields of each kind"
+                )));
+            }
+            for (slot, &m) in slots.iter_mut().zip(marks) {
+                if m == 0 || m > FLOOD_OFF_MASK || m as usize + digits > frame.len() {
+                    return Err(XdpError::InvalidParam(format!(
+                        "field at offset {m} ({digits} digits) outside the {}-byte frame",
+                        frame.len()
+                    )));
+                }
+                *slot = m;
+            }
+        }
+        let mut ebpf = EbpfLoader::new()
+            .load(XDP_OBJECT)
+            .map_err(|e| classify("load the XDP object (create maps)", &e))?;
+        {
+            let prog: &mut Xdp = ebpf
+                .program_mut(FLOOD_PROG_NAME)
+                .ok_or_else(|| XdpError::Other {
+                    op: "load".into(),
+                    msg: format!("program {FLOOD_PROG_NAME} missing from the XDP object"),
+                })?
+                .try_into()
+                .map_err(|e| classify("load", &e))?;
+            prog.load()
+                .map_err(|e| classify("load the flood program (verifier)", &e))?;
+        }
+        let mut map: Array<_, FloodConfig> =
+            Array::try_from(ebpf.map_mut(MAP_FLOOD).ok_or_else(|| XdpError::Other {
+                op: "load".into(),
+                msg: format!("map {MAP_FLOOD} missing from the XDP object"),
+            })?)
+            .map_err(|e| classify("open the flood map", &e))?;
+        map.set(0, cfg, 0)
+            .map_err(|e| classify("write the flood config", &e))?;
+        Ok(XdpFlood { ebpf, frame })
+    }
+
+    /// Sends `count` frames; returns once the kernel has run (and transmitted) them all.
+    pub fn send(&mut self, count: u32) -> Result<(), XdpError> {
+        if count == 0 {
+            return Ok(());
+        }
+        let prog: &Xdp = self
+            .ebpf
+            .program(FLOOD_PROG_NAME)
+            .expect("loaded in open")
+            .try_into()
+            .map_err(|e| classify("flood", &e))?;
+        let opts = TestRunOptions {
+            data_in: Some(&self.frame),
+            repeat: count,
+            attrs: TestRunAttrs::new().xdp_live_frames(LIVE_BATCH),
+            ..TestRunOptions::default()
+        };
+        prog.test_run(opts)
+            .map_err(|e| classify("BPF_PROG_RUN (live frames)", &e))?;
+        Ok(())
+    }
+}
+
+fn ifindex(iface: &str) -> Result<u32, XdpError> {
+    let name =
+        std::ffi::CString::new(iface).map_err(|_| XdpError::NoSuchInterface(iface.into()))?;
+    // SAFETY: valid NUL-terminated string.
+    let i = unsafe { libc::if_nametoindex(name.as_ptr()) };
+    if i == 0 {
+        return Err(XdpError::NoSuchInterface(iface.into()));
+    }
+    Ok(i)
+}
