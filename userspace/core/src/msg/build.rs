@@ -174,7 +174,7 @@ pub fn response_head(
             first = false;
             write_top_via(out, top_via.as_ref().expect("checked"), src);
             // The rest of the first Via line (further comma-separated values), if any.
-            if memchr::memchr(b',', line).is_some() {
+            if super::fields::find_byte(line, b',').is_some() {
                 let mut items = super::fields::split_list(line);
                 items.next();
                 for item in items {

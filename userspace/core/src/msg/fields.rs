@@ -96,6 +96,46 @@ pub fn find_any<const N: usize>(s: &[u8], from: usize, set: [u8; N]) -> usize {
     s.len()
 }
 
+/// Bytes searched word by word before handing a long haystack to `memchr`, whose vector
+/// loop wins only once the call and set-up cost is amortised.
+const SHORT: usize = 128;
+
+/// First `c` in `s` (`memchr` semantics; SWAR on the short head, `memchr` beyond it).
+#[inline]
+pub fn find_byte(s: &[u8], c: u8) -> Option<usize> {
+    let head = s.len().min(SHORT);
+    let i = find_any(&s[..head], 0, [c]);
+    if i < head {
+        Some(i)
+    } else if s.len() > SHORT {
+        memchr::memchr(c, &s[SHORT..]).map(|j| j + SHORT)
+    } else {
+        None
+    }
+}
+
+/// Last `c` in `s` (`memrchr` semantics), word by word for short haystacks.
+#[inline]
+pub fn rfind_byte(s: &[u8], c: u8) -> Option<usize> {
+    if s.len() > SHORT {
+        return memchr::memrchr(c, s);
+    }
+    let mut end = s.len();
+    while end >= 8 {
+        let mut w = [0u8; 8];
+        w.copy_from_slice(&s[end - 8..end]);
+        // Exact per-byte equality (no borrow between bytes), so the highest flag is real.
+        let x = u64::from_le_bytes(w) ^ (LO * c as u64);
+        const M: u64 = 0x7f7f_7f7f_7f7f_7f7f;
+        let m = !(((x & M).wrapping_add(M)) | x | M);
+        if m != 0 {
+            return Some(end - 8 + (63 - m.leading_zeros() as usize) / 8);
+        }
+        end -= 8;
+    }
+    s[..end].iter().rposition(|&b| b == c)
+}
+
 /// Whether `s` contains LWS (SP, HTAB, CR or LF).
 #[inline]
 pub fn has_lws(s: &[u8]) -> bool {
@@ -349,7 +389,7 @@ impl<'a> Via<'a> {
         for (i, part) in parts.iter_mut().enumerate() {
             let r = trim(rest);
             let end = if i < 2 {
-                memchr::memchr(b'/', r).ok_or(FieldError::Via)?
+                find_byte(r, b'/').ok_or(FieldError::Via)?
             } else {
                 r.iter().position(|&c| is_lws(c)).ok_or(FieldError::Via)?
             };
@@ -440,7 +480,7 @@ impl<'a> NameAddr<'a> {
             let rest = trim(&s[n..]);
             return Self::angle(Some(display), rest);
         }
-        match memchr::memchr(b'<', s) {
+        match find_byte(s, b'<') {
             Some(lt) => {
                 // Unquoted display name: tokens separated by LWS (RFC 3261 §25.1). Anything
                 // else (',', '"', '/', '@'…) is invalid (RFC 4475 §3.1.2.16 baddn).
@@ -448,15 +488,13 @@ impl<'a> NameAddr<'a> {
                 if !d.iter().all(|&c| is_token_char(c) || is_lws(c)) {
                     return Err(FieldError::DisplayName);
                 }
-                if memchr::memchr(b'"', &s[lt..]).is_some()
-                    && memchr::memchr(b'>', &s[lt..]).is_none()
-                {
+                if find_byte(&s[lt..], b'"').is_some() && find_byte(&s[lt..], b'>').is_none() {
                     return Err(FieldError::UnbalancedQuote);
                 }
                 Self::angle(if d.is_empty() { None } else { Some(d) }, &s[lt..])
             }
             None => {
-                if memchr::memchr(b'"', s).is_some() {
+                if find_byte(s, b'"').is_some() {
                     return Err(FieldError::UnbalancedQuote);
                 }
                 // addr-spec form: the first ';' ends the URI and starts header params
@@ -470,8 +508,8 @@ impl<'a> NameAddr<'a> {
                 // An addr-spec that contains '?' (URI headers) or ',' must be in <>
                 // (RFC 3261 §20.10; RFC 4475 §3.1.2.10 regbadct).
                 if uri.is_empty()
-                    || memchr::memchr(b'?', uri).is_some()
-                    || memchr::memchr(b',', uri).is_some()
+                    || find_byte(uri, b'?').is_some()
+                    || find_byte(uri, b',').is_some()
                 {
                     return Err(FieldError::NameAddr);
                 }
@@ -493,7 +531,7 @@ impl<'a> NameAddr<'a> {
         if s.first() != Some(&b'<') {
             return Err(FieldError::NameAddr);
         }
-        let gt = memchr::memchr(b'>', s).ok_or(FieldError::NameAddr)?;
+        let gt = find_byte(s, b'>').ok_or(FieldError::NameAddr)?;
         let uri = &s[1..gt];
         // No LWS is allowed inside the brackets (RFC 4475 §3.1.2.12 badaspec: "< sip:… >").
         if uri.is_empty() || has_lws(uri) {
@@ -674,6 +712,26 @@ mod tests {
         assert_eq!(find_any(b"\x00\x01;;;;;;;;", 0, [b';']), 2);
         assert_eq!(find_any(b"aaaaaaaaaaaaaaaa", 3, [b';']), 16);
         assert!(has_lws(b"abcdefghij\tk") && !has_lws(b"abcdefghijk"));
+        // find_byte / rfind_byte agree with memchr / memrchr, short and long haystacks.
+        let long: Vec<u8> = (0..300u32)
+            .map(|i| b"ab:c\n;xy"[(i * 7 % 8) as usize])
+            .collect();
+        for end in 0..long.len() {
+            for from in [0, 1, 5, 63, 64, 65, 127, 128, 129]
+                .into_iter()
+                .filter(|&f| f <= end)
+            {
+                let s = &long[from..end];
+                for c in [b':', b'\n', b'z', b'a'] {
+                    assert_eq!(find_byte(s, c), memchr::memchr(c, s), "{from}..{end}");
+                    assert_eq!(rfind_byte(s, c), memchr::memrchr(c, s), "{from}..{end}");
+                }
+            }
+        }
+        assert_eq!(
+            rfind_byte(b"\x00:\x00\x00\x00\x00\x00\x00\x00", b':'),
+            Some(1)
+        );
     }
 
     #[test]

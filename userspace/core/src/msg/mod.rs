@@ -244,7 +244,7 @@ pub fn parse<'a>(data: &'a [u8], scratch: &'a mut Vec<u8>) -> Result<Message<'a>
     // scan meets one it starts over on a copy in `scratch` where every line break that
     // precedes a continuation line is overwritten with spaces. That keeps every offset — and
     // so the body position — unchanged.
-    let Some(first_nl) = memchr::memchr(b'\n', data) else {
+    let Some(first_nl) = fields::find_byte(data, b'\n') else {
         return Err(ParseError::Truncated);
     };
     let (start_line, defect) = parse_start_line(trim_cr(&data[..first_nl]))?;
@@ -354,10 +354,10 @@ fn trim_cr(line: &[u8]) -> &[u8] {
     }
 }
 
-/// The first element of a list header value: the common case (no quotes) is one memchr.
+/// The first element of a list header value: the common case (no quotes) is one scan.
 fn first_list_item(v: &[u8]) -> Option<&[u8]> {
-    if memchr::memchr(b'"', v).is_none() {
-        let end = memchr::memchr(b',', v).unwrap_or(v.len());
+    if fields::find_byte(v, b'"').is_none() {
+        let end = fields::find_byte(v, b',').unwrap_or(v.len());
         let item = trim(&v[..end]);
         return (!item.is_empty()).then_some(item);
     }
@@ -365,7 +365,7 @@ fn first_list_item(v: &[u8]) -> Option<&[u8]> {
 }
 
 impl<'a> Message<'a> {
-    /// Header lines from `pos` to the empty line, in one pass: one memchr per line, names
+    /// Header lines from `pos` to the empty line, in one pass: one scan per line, names
     /// checked with a lookup table. Returns the body start and the Content-Length.
     fn scan_headers(
         &mut self,
@@ -387,7 +387,7 @@ impl<'a> Message<'a> {
                 b' ' | b'\t' => return Err(ScanError::Folded),
                 _ => {}
             }
-            let eol = match memchr::memchr(b'\n', &buf[pos..]) {
+            let eol = match fields::find_byte(&buf[pos..], b'\n') {
                 Some(i) => pos + i,
                 None => return Err(ScanError::Truncated),
             };
@@ -448,7 +448,7 @@ impl<'a> Message<'a> {
 fn parse_start_line(line: &[u8]) -> Result<(StartLine<'_>, Option<Defect>), ParseError> {
     if line.len() >= 4 && line[..4].eq_ignore_ascii_case(b"SIP/") {
         // Status-Line = SIP-Version SP Status-Code SP Reason-Phrase
-        let sp = memchr::memchr(b' ', line).ok_or(ParseError::BadStatusLine)?;
+        let sp = fields::find_byte(line, b' ').ok_or(ParseError::BadStatusLine)?;
         if !line[..sp].eq_ignore_ascii_case(b"SIP/2.0") {
             return Err(ParseError::BadStatusLine);
         }
@@ -470,13 +470,13 @@ fn parse_start_line(line: &[u8]) -> Result<(StartLine<'_>, Option<Defect>), Pars
     }
     // Request-Line = Method SP Request-URI SP SIP-Version: exactly one SP each
     // (RFC 4475 §3.1.2.5 lwsstart, §3.1.2.6 trws, §3.1.2.7 lwsruri).
-    let sp1 = memchr::memchr(b' ', line).ok_or(ParseError::BadStartLine)?;
+    let sp1 = fields::find_byte(line, b' ').ok_or(ParseError::BadStartLine)?;
     let method_raw = &line[..sp1];
     if !is_token(method_raw) {
         return Err(ParseError::BadStartLine);
     }
     let rest = &line[sp1 + 1..];
-    let Some(sp2) = memchr::memrchr(b' ', rest) else {
+    let Some(sp2) = fields::rfind_byte(rest, b' ') else {
         return Err(ParseError::BadStartLine);
     };
     let uri = &rest[..sp2];

@@ -106,7 +106,7 @@ impl<'a> Uri<'a> {
         if raw.is_empty() {
             return Err(UriError::Empty);
         }
-        let colon = memchr::memchr(b':', raw).ok_or(UriError::NoScheme)?;
+        let colon = super::fields::find_byte(raw, b':').ok_or(UriError::NoScheme)?;
         let scheme_raw = &raw[..colon];
         if scheme_raw.is_empty()
             || !scheme_raw[0].is_ascii_alphabetic()
@@ -151,10 +151,10 @@ impl<'a> Uri<'a> {
         }
         // userinfo ends at the first '@': neither params nor headers may contain a raw '@'
         // (§25.1 paramchar / hvalue), while the user part may contain ';' and '?'.
-        let (user, password, hostpart) = match memchr::memchr(b'@', rest) {
+        let (user, password, hostpart) = match super::fields::find_byte(rest, b'@') {
             Some(at) => {
                 let userinfo = &rest[..at];
-                let (u, p) = match memchr::memchr(b':', userinfo) {
+                let (u, p) = match super::fields::find_byte(userinfo, b':') {
                     Some(c) => (&userinfo[..c], Some(&userinfo[c + 1..])),
                     None => (userinfo, None),
                 };
@@ -184,7 +184,7 @@ impl<'a> Uri<'a> {
             Some(b'?') => (&b""[..], &after[1..]),
             Some(_) => {
                 let body = &after[1..];
-                match memchr::memchr(b'?', body) {
+                match super::fields::find_byte(body, b'?') {
                     Some(q) => (&body[..q], &body[q + 1..]),
                     None => (body, &b""[..]),
                 }
@@ -196,7 +196,7 @@ impl<'a> Uri<'a> {
         if !params.is_empty() {
             let mut seen: smallvec::SmallVec<[&[u8]; 8]> = smallvec::SmallVec::new();
             for p in params.split(|&c| c == b';') {
-                let name = &p[..memchr::memchr(b'=', p).unwrap_or(p.len())];
+                let name = &p[..super::fields::find_byte(p, b'=').unwrap_or(p.len())];
                 if name.is_empty() || seen.iter().any(|n| n.eq_ignore_ascii_case(name)) {
                     return Err(UriError::BadParams);
                 }
@@ -225,7 +225,7 @@ impl<'a> Uri<'a> {
         self.params
             .split(|&c| c == b';')
             .filter(|p| !p.is_empty())
-            .map(|p| match memchr::memchr(b'=', p) {
+            .map(|p| match super::fields::find_byte(p, b'=') {
                 Some(e) => (&p[..e], Some(&p[e + 1..])),
                 None => (p, None),
             })
@@ -480,7 +480,7 @@ fn unescape(s: &[u8]) -> String {
 /// Splits `host[:port]` / `[v6][:port]`. `None` when the port is not a valid u16.
 pub fn split_hostport(hp: &[u8]) -> Option<(&[u8], Option<u16>)> {
     if hp.first() == Some(&b'[') {
-        let close = memchr::memchr(b']', hp)?;
+        let close = super::fields::find_byte(hp, b']')?;
         let host = &hp[..=close];
         let rest = &hp[close + 1..];
         if rest.is_empty() {
@@ -491,7 +491,7 @@ pub fn split_hostport(hp: &[u8]) -> Option<(&[u8], Option<u16>)> {
         }
         return Some((host, Some(parse_port(&rest[1..])?)));
     }
-    match memchr::memrchr(b':', hp) {
+    match super::fields::rfind_byte(hp, b':') {
         Some(c) => Some((&hp[..c], Some(parse_port(&hp[c + 1..])?))),
         None => Some((hp, None)),
     }
