@@ -145,7 +145,9 @@ impl Shared {
         } else {
             host
         };
-        h.eq_ignore_ascii_case(self.domain_lc.as_bytes())
+        // Exact bytes first: hosts are almost always sent lower-case already.
+        h == self.domain_lc.as_bytes()
+            || h.eq_ignore_ascii_case(self.domain_lc.as_bytes())
             || self
                 .aliases_lc
                 .iter()
@@ -216,8 +218,19 @@ impl TxnCache {
         use std::hash::{BuildHasher, Hash, Hasher};
         let mut h = self.hasher.build_hasher();
         branch.hash(&mut h);
-        for &c in via.host {
-            h.write_u8(c.to_ascii_lowercase());
+        // The host lower-cased, in one write for the usual short host (byte by byte beyond).
+        let mut lc = [0u8; 64];
+        match lc.get_mut(..via.host.len()) {
+            Some(buf) => {
+                buf.copy_from_slice(via.host);
+                buf.make_ascii_lowercase();
+                h.write(buf);
+            }
+            None => {
+                for &c in via.host {
+                    h.write_u8(c.to_ascii_lowercase());
+                }
+            }
         }
         via.port.unwrap_or(5060).hash(&mut h);
         let m_: &[u8] = if method == b"ACK" { b"INVITE" } else { method };

@@ -47,13 +47,26 @@ pub fn push_num(out: &mut Vec<u8>, n: impl itoa::Integer) {
 pub fn push_ip(out: &mut Vec<u8>, ip: IpAddr) {
     match ip {
         IpAddr::V4(v4) => {
-            let o = v4.octets();
-            for (i, b) in o.iter().enumerate() {
+            // Into a stack buffer first: one append instead of seven.
+            let mut buf = [0u8; 15];
+            let mut n = 0;
+            for (i, &b) in v4.octets().iter().enumerate() {
                 if i > 0 {
-                    out.push(b'.');
+                    buf[n] = b'.';
+                    n += 1;
                 }
-                push_num(out, *b);
+                if b >= 100 {
+                    buf[n] = b'0' + b / 100;
+                    n += 1;
+                }
+                if b >= 10 {
+                    buf[n] = b'0' + b / 10 % 10;
+                    n += 1;
+                }
+                buf[n] = b'0' + b % 10;
+                n += 1;
             }
+            out.extend_from_slice(&buf[..n]);
         }
         IpAddr::V6(v6) => {
             let _ = write!(out, "{v6}");
@@ -284,6 +297,22 @@ From: <sip:a@example.test>;tag=f1\r\nTo: <sip:x@example.test>\r\nCall-ID: cid\r\
         let mut s2 = Vec::new();
         let back = parse(text.as_bytes(), &mut s2).unwrap();
         assert_eq!(back.status(), Some(200));
+    }
+
+    #[test]
+    fn push_ip_matches_display() {
+        for ip in [
+            "0.0.0.0",
+            "9.10.99.100",
+            "255.254.199.200",
+            "198.18.1.2",
+            "2001:db8::1",
+        ] {
+            let ip: IpAddr = ip.parse().unwrap();
+            let mut out = b"x".to_vec();
+            push_ip(&mut out, ip);
+            assert_eq!(out, format!("x{ip}").into_bytes());
+        }
     }
 
     #[test]
