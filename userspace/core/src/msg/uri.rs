@@ -233,6 +233,9 @@ impl<'a> Uri<'a> {
 
     /// The value of URI parameter `name` (case-insensitive); `Some(None)` for a flag.
     pub fn param(&self, name: &str) -> Option<Option<&'a [u8]>> {
+        if self.params.is_empty() {
+            return None;
+        }
         self.params()
             .find(|(n, _)| n.eq_ignore_ascii_case(name.as_bytes()))
             .map(|(_, v)| v)
