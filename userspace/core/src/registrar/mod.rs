@@ -1135,6 +1135,41 @@ fn update(
             path: PathSrc::List(req.path),
         }
     }
+    if by_existing.iter().all(Option::is_some) {
+        // Every stored binding is updated or removed by this request (a phone re-registering
+        // with a new Call-ID): no string of the old record survives, so its blob's allocation
+        // can hold the new one — no malloc/free, and memory that is already in cache.
+        let mut parts: SmallVec<[(Binding, Strs<'_>); 4]> = SmallVec::with_capacity(n_new);
+        for (j, by) in by_existing.iter().enumerate() {
+            let i = by.map_or(0, |i| i as usize);
+            if grants[i] > 0 {
+                let c = &req.contacts[i];
+                parts.push((
+                    fresh(c, grants[i], rec.bindings[j].clone()),
+                    req_strs(req, c),
+                ));
+            }
+        }
+        for (i, t) in targets.iter().enumerate() {
+            if *t == Target::New && grants[i] > 0 {
+                let c = &req.contacts[i];
+                parts.push((fresh(c, grants[i], Binding::zeroed()), req_strs(req, c)));
+            }
+        }
+        let total: usize = parts.iter().map(|(_, s)| s.blob_len()).sum();
+        if parts.is_empty() {
+            *rec = AorRecord::default();
+        } else if req.aor.len() + total > store::MAX_BLOB {
+            // What `build` would refuse; checked first so `rec` is untouched on failure.
+            return Err(RegisterError::Full);
+        } else {
+            let buf = std::mem::take(rec).into_blob();
+            *rec =
+                AorRecord::build_in(buf, req.aor, total, parts).map_err(|_| RegisterError::Full)?;
+        }
+        out.fill(rec, now);
+        return Ok(ok);
+    }
     let mut parts: SmallVec<[(Binding, Strs<'_>); 4]> = SmallVec::with_capacity(n_new);
     for (j, by) in by_existing.iter().enumerate() {
         let b = &rec.bindings[j];

@@ -218,11 +218,30 @@ impl AorRecord {
     where
         I: IntoIterator<Item = (Binding, Strs<'s>)>,
     {
+        Self::build_in(String::new(), aor, total_len, parts)
+    }
+
+    /// [`build`](Self::build) into `buf`'s allocation (its contents are discarded): when the
+    /// new blob has the length of the one `buf` came from, no allocation happens at all.
+    pub fn build_in<'s, I>(
+        mut buf: String,
+        aor: &str,
+        total_len: usize,
+        parts: I,
+    ) -> Result<Self, TooLarge>
+    where
+        I: IntoIterator<Item = (Binding, Strs<'s>)>,
+    {
         let cap = aor.len() + total_len;
         if cap > MAX_BLOB {
             return Err(TooLarge);
         }
-        let mut blob = String::with_capacity(cap);
+        buf.clear();
+        if buf.capacity() != cap {
+            // Exactly `cap`, so `into_boxed_str` below never reallocates.
+            buf = String::with_capacity(cap);
+        }
+        let mut blob = buf;
         blob.push_str(aor);
         let mut bindings = SmallVec::new();
         for (mut b, s) in parts {
@@ -258,6 +277,11 @@ impl AorRecord {
             blob: blob.into_boxed_str(),
             bindings,
         })
+    }
+
+    /// The record's string storage, for [`build_in`](Self::build_in) to reuse.
+    pub fn into_blob(self) -> String {
+        self.blob.into_string()
     }
 
     /// The AOR: the blob up to the first binding's strings. Empty records are never kept.
