@@ -77,9 +77,11 @@ pub fn push_ip(out: &mut Vec<u8>, ip: IpAddr) {
 /// Appends `n` as 16 lower-case hex digits.
 pub fn push_hex16(out: &mut Vec<u8>, n: u64) {
     const HEX: &[u8; 16] = b"0123456789abcdef";
-    for i in (0..16).rev() {
-        out.push(HEX[((n >> (i * 4)) & 0xf) as usize]);
+    let mut buf = [0u8; 16];
+    for (i, d) in buf.iter_mut().enumerate() {
+        *d = HEX[((n >> ((15 - i) * 4)) & 0xf) as usize];
     }
+    out.extend_from_slice(&buf);
 }
 
 /// Writes the top Via value with `received` and `rport` filled in for a request that came

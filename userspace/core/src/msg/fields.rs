@@ -37,6 +37,9 @@ pub fn is_lws(c: u8) -> bool {
     c == b' ' || c == b'\t' || c == b'\r' || c == b'\n'
 }
 
+/// The LWS bytes, for [`find_any`].
+const LWS: [u8; 4] = [b' ', b'\t', b'\r', b'\n'];
+
 #[inline]
 pub fn trim(mut s: &[u8]) -> &[u8] {
     while let [first, rest @ ..] = s {
@@ -139,7 +142,7 @@ pub fn rfind_byte(s: &[u8], c: u8) -> Option<usize> {
 /// Whether `s` contains LWS (SP, HTAB, CR or LF).
 #[inline]
 pub fn has_lws(s: &[u8]) -> bool {
-    find_any(s, 0, [b' ', b'\t', b'\r', b'\n']) < s.len()
+    find_any(s, 0, LWS) < s.len()
 }
 
 /// Byte-class lookup tables: one load per byte instead of a chain of compares.
@@ -391,7 +394,9 @@ impl<'a> Via<'a> {
             let end = if i < 2 {
                 find_byte(r, b'/').ok_or(FieldError::Via)?
             } else {
-                r.iter().position(|&c| is_lws(c)).ok_or(FieldError::Via)?
+                Some(find_any(r, 0, LWS))
+                    .filter(|&e| e < r.len())
+                    .ok_or(FieldError::Via)?
             };
             *part = trim(&r[..end]);
             rest = if i < 2 { &r[end + 1..] } else { &r[end..] };
@@ -402,10 +407,7 @@ impl<'a> Via<'a> {
             return Err(FieldError::Via);
         }
         let rest = trim(rest);
-        let hp_end = rest
-            .iter()
-            .position(|&c| c == b';' || is_lws(c))
-            .unwrap_or(rest.len());
+        let hp_end = find_any(rest, 0, [b';', b' ', b'\t', b'\r', b'\n']);
         let (host, port) = split_hostport(&rest[..hp_end]).ok_or(FieldError::Via)?;
         if host.is_empty() {
             return Err(FieldError::Via);
@@ -499,10 +501,7 @@ impl<'a> NameAddr<'a> {
                 }
                 // addr-spec form: the first ';' ends the URI and starts header params
                 // (RFC 3261 §20.10 — which is why such URIs cannot carry URI params).
-                let end = s
-                    .iter()
-                    .position(|&c| c == b';' || is_lws(c))
-                    .unwrap_or(s.len());
+                let end = find_any(s, 0, [b';', b' ', b'\t', b'\r', b'\n']);
                 let uri = &s[..end];
                 let params = trim(&s[end..]);
                 // An addr-spec that contains '?' (URI headers) or ',' must be in <>
@@ -579,7 +578,9 @@ impl<'a> CSeq<'a> {
     /// `1*DIGIT LWS Method`; the number must be below 2**31 (RFC 3261 §8.1.1.5).
     pub fn parse(raw: &'a [u8]) -> Result<CSeq<'a>, FieldError> {
         let s = trim(raw);
-        let sp = s.iter().position(|&c| is_lws(c)).ok_or(FieldError::CSeq)?;
+        let sp = Some(find_any(s, 0, LWS))
+            .filter(|&e| e < s.len())
+            .ok_or(FieldError::CSeq)?;
         let seq = parse_u32(&s[..sp], false).map_err(|_| FieldError::CSeq)?;
         if seq >= 1 << 31 {
             return Err(FieldError::CSeq);

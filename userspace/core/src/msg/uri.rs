@@ -169,10 +169,7 @@ impl<'a> Uri<'a> {
             }
             None => (None, None, rest),
         };
-        let hp_end = hostpart
-            .iter()
-            .position(|&c| c == b';' || c == b'?')
-            .unwrap_or(hostpart.len());
+        let hp_end = super::fields::find_any(hostpart, 0, [b';', b'?']);
         let hostport = &hostpart[..hp_end];
         let (host, port) = split_hostport(hostport).ok_or(UriError::BadHost)?;
         if !valid_host(host) {
