@@ -300,9 +300,10 @@ struct Worker {
 struct RegBufs {
     /// The canonical AOR.
     aor: String,
-    /// The Contacts' comparison keys laid end to end; `key_ends[i]` is where key `i` ends.
+    /// The Contacts' comparison keys laid end to end; `key_ends[i]` is where key `i` ends,
+    /// `None` when the key is the Contact URI's own text.
     keys: String,
-    key_ends: smallvec::SmallVec<[usize; 4]>,
+    key_ends: smallvec::SmallVec<[Option<usize>; 4]>,
 }
 
 impl Engine {
@@ -807,15 +808,27 @@ impl Worker {
                 );
                 return;
             }
-            uri.write_key(&mut bufs.keys);
-            bufs.key_ends.push(bufs.keys.len());
+            if uri.key_is_raw() {
+                // The usual plain Contact: its key is its own text, nothing to build.
+                bufs.key_ends.push(None);
+            } else {
+                uri.write_key(&mut bufs.keys);
+                bufs.key_ends.push(Some(bufs.keys.len()));
+            }
             parsed.push((na, uri));
         }
         let mut contacts: smallvec::SmallVec<[ContactReq<'_>; 4]> = smallvec::SmallVec::new();
         let mut key_start = 0;
         for (i, (na, _uri)) in parsed.iter().enumerate() {
-            let key = &bufs.keys[key_start..bufs.key_ends[i]];
-            key_start = bufs.key_ends[i];
+            let uri = std::str::from_utf8(na.uri).unwrap_or("");
+            let key = match bufs.key_ends[i] {
+                Some(end) => {
+                    let k = &bufs.keys[key_start..end];
+                    key_start = end;
+                    k
+                }
+                None => uri,
+            };
             // One pass over the contact's parameters.
             let (mut expires, mut q, mut instance, mut reg_id) = (None, None, None, None);
             for (n, v) in fields::params(na.params) {
@@ -852,7 +865,7 @@ impl Worker {
                 }
             }
             contacts.push(ContactReq {
-                uri: std::str::from_utf8(na.uri).unwrap_or(""),
+                uri,
                 key,
                 expires,
                 q,

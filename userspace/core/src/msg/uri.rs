@@ -106,7 +106,12 @@ impl<'a> Uri<'a> {
         if raw.is_empty() {
             return Err(UriError::Empty);
         }
-        let colon = super::fields::find_byte(raw, b':').ok_or(UriError::NoScheme)?;
+        // Fast path: the lower-case `sip:` almost every URI starts with.
+        let colon = if raw.starts_with(b"sip:") {
+            3
+        } else {
+            super::fields::find_byte(raw, b':').ok_or(UriError::NoScheme)?
+        };
         let scheme_raw = &raw[..colon];
         if scheme_raw.is_empty()
             || !scheme_raw[0].is_ascii_alphabetic()
@@ -327,6 +332,43 @@ impl<'a> Uri<'a> {
         }
     }
 
+    /// Whether [`write_key`](Self::write_key) would write `raw` unchanged: a lower-case
+    /// `sip:`/`sips:` URI with user and password free of escapes, a lower-case host, a port (if
+    /// any) without leading zeros, and nothing after the host-port. Then the key is `raw`
+    /// itself and need not be built. (A validated SIP URI is ASCII throughout.)
+    pub fn key_is_raw(&self) -> bool {
+        let prefix: &[u8] = match self.scheme {
+            Scheme::Sip => b"sip:",
+            Scheme::Sips => b"sips:",
+            _ => return false,
+        };
+        if !self.raw.starts_with(prefix)
+            || self.user.is_some_and(|u| u.contains(&b'%'))
+            || self.password.is_some_and(|p| p.contains(&b'%'))
+            || self.host.iter().any(u8::is_ascii_uppercase)
+        {
+            return false;
+        }
+        // Where the host ends inside `raw` (it is a sub-slice of it).
+        let Some(host_end) = (self.host.as_ptr() as usize)
+            .checked_sub(self.raw.as_ptr() as usize)
+            .map(|off| off + self.host.len())
+        else {
+            return false;
+        };
+        let Some(after) = self.raw.get(host_end..) else {
+            return false;
+        };
+        match self.port {
+            None => after.is_empty(),
+            // ":" then exactly the digits `write_key` writes (no leading zeros).
+            Some(p) => {
+                after.first() == Some(&b':')
+                    && after.get(1..) == Some(itoa::Buffer::new().format(p).as_bytes())
+            }
+        }
+    }
+
     pub fn key(&self) -> String {
         let mut s = String::with_capacity(self.raw.len());
         self.write_key(&mut s);
@@ -511,6 +553,39 @@ mod tests {
 
     fn u(s: &str) -> Uri<'_> {
         Uri::parse(s.as_bytes()).unwrap_or_else(|e| panic!("{s}: {e:?}"))
+    }
+
+    #[test]
+    fn key_is_raw_only_when_write_key_copies_raw() {
+        // (raw, expected): `false` also where the key happens to equal raw but the check is
+        // conservative (parameters are never examined).
+        for (raw, want) in [
+            ("sip:flood1234@198.18.1.2:5060", true),
+            ("sip:alice@example.test", true),
+            ("sips:bob@[2001:db8::1]:5061", true),
+            ("sip:example.test", true),
+            ("sip:a:pw@h", true),
+            ("sips:a@h:65535", true),
+            ("sip:a@h:0", true),
+            ("sip:a@h:05060", false),
+            ("SIP:a@h", false),
+            ("sip:A@h", true),
+            ("sip:a@H", false),
+            ("sip:a%41@h", false),
+            ("sip:a:p%77@h", false),
+            ("sip:a@h;transport=udp", false),
+            ("sip:a@h;", false),
+            ("sip:a@h?", false),
+            ("sip:a@h?x=y", false),
+        ] {
+            let u = Uri::parse(raw.as_bytes()).unwrap();
+            let mut key = String::new();
+            u.write_key(&mut key);
+            assert_eq!(u.key_is_raw(), want, "{raw}");
+            if want {
+                assert_eq!(key.as_bytes(), u.raw, "{raw}");
+            }
+        }
     }
 
     #[test]
