@@ -43,7 +43,7 @@ pub struct Uri<'a> {
     pub headers: &'a [u8],
 }
 
-use super::fields::unreserved_plus;
+use super::fields::{find_byte, unreserved_plus};
 
 /// RFC 3261 §25.1 character classes of the URI components (`%` is handled separately).
 static USER: [bool; 256] = unreserved_plus(b"&=+$,;?/");
@@ -343,8 +343,8 @@ impl<'a> Uri<'a> {
             _ => return false,
         };
         if !self.raw.starts_with(prefix)
-            || self.user.is_some_and(|u| u.contains(&b'%'))
-            || self.password.is_some_and(|p| p.contains(&b'%'))
+            || self.user.is_some_and(|u| find_byte(u, b'%').is_some())
+            || self.password.is_some_and(|p| find_byte(p, b'%').is_some())
             || self.host.iter().any(u8::is_ascii_uppercase)
         {
             return false;
@@ -361,11 +361,16 @@ impl<'a> Uri<'a> {
         };
         match self.port {
             None => after.is_empty(),
-            // ":" then exactly the digits `write_key` writes (no leading zeros).
-            Some(p) => {
-                after.first() == Some(&b':')
-                    && after.get(1..) == Some(itoa::Buffer::new().format(p).as_bytes())
-            }
+            // ":" then exactly the digits `write_key` writes: all digits (so they are the
+            // port `p` itself) without a leading zero.
+            Some(_) => match after {
+                [b':', digits @ ..] => {
+                    !digits.is_empty()
+                        && digits.iter().all(u8::is_ascii_digit)
+                        && (digits.len() == 1 || digits[0] != b'0')
+                }
+                _ => false,
+            },
         }
     }
 
