@@ -1103,6 +1103,7 @@ fn report_md(res: &XdpResults) -> String {
             ratio: f64,
             control: f64,
             multiple: f64,
+            via: String,
         }
         let iso: Vec<Iso> = ok(res, m)
             .filter_map(|r| {
@@ -1119,6 +1120,12 @@ fn report_md(res: &XdpResults) -> String {
                     } else {
                         0.0
                     },
+                    via: fl
+                        .flood
+                        .as_ref()
+                        .and_then(|f| f["via"].as_str())
+                        .unwrap_or("?")
+                        .to_string(),
                 })
             })
             .collect();
@@ -1129,10 +1136,11 @@ fn report_md(res: &XdpResults) -> String {
         let join = |f: &dyn Fn(&Iso) -> String| iso.iter().map(f).collect::<Vec<_>>().join(" / ");
         let _ = writeln!(
             md,
-            "Isolation, {m}: group A flooded at {} its capacity; group B success {} %, p99 \
-             flooded/unloaded {} (budget: 100 % and ≤ 2×: {}); control (same flood to a closed \
-             port) p99/unloaded {}.",
+            "Isolation, {m}: group A flooded at {} its capacity (flood sent by {}); group B \
+             success {} %, p99 flooded/unloaded {} (budget: 100 % and ≤ 2×: {}); control (same \
+             flood to a closed port) p99/unloaded {}.",
             join(&|i| format!("{:.1}×", i.multiple)),
+            join(&|i| i.via.clone()),
             join(&|i| format!("{:.2}", i.success)),
             join(&|i| format!("{:.2}×", i.ratio)),
             if met { "met" } else { "NOT met" },

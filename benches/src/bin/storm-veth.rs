@@ -122,6 +122,8 @@ fn main() -> anyhow::Result<()> {
 
 #[derive(serde::Serialize)]
 struct BlastReport {
+    /// How the frames were sent: "xdp" (kernel generator), "af_packet" or "udp".
+    via: &'static str,
     sent: u64,
     attempted: u64,
     seconds: f64,
@@ -270,6 +272,7 @@ fn blast(a: &Args, rate: u32, duration: Duration) -> anyhow::Result<BlastReport>
     }
     let secs = t0.elapsed().as_secs_f64();
     Ok(BlastReport {
+        via: if raw.is_some() { "af_packet" } else { "udp" },
         sent,
         attempted,
         seconds: secs,
@@ -324,6 +327,7 @@ fn xdp_blast(
     }
     let secs = t0.elapsed().as_secs_f64();
     Ok(BlastReport {
+        via: "xdp",
         sent,
         attempted: sent,
         seconds: secs,
