@@ -881,10 +881,13 @@ impl Worker {
                 return;
             }
         };
-        let path: smallvec::SmallVec<[&str; 2]> = m
-            .list(HeaderName::Path)
-            .filter_map(|p| std::str::from_utf8(p).ok())
-            .collect();
+        let mut path: smallvec::SmallVec<[&str; 2]> = smallvec::SmallVec::new();
+        if m.header(HeaderName::Path).is_some() {
+            path.extend(
+                m.list(HeaderName::Path)
+                    .filter_map(|p| std::str::from_utf8(p).ok()),
+            );
+        }
         let call_id = std::str::from_utf8(hot.call_id).unwrap_or("");
         let transport = transport_of(hot.via.transport);
         let req = RegisterReq {
@@ -1299,6 +1302,8 @@ fn aor_user(aor: &str) -> &str {
 /// First option tag of `Require`/`Proxy-Require` we do not support, comma-joined with the
 /// others (RFC 3261 §8.2.2.3 lists them all in Unsupported).
 fn unsupported_requires(m: &Message<'_>, which: HeaderName) -> Option<String> {
+    // Usually absent: one pass over the header names, no iterator chain.
+    m.header(which)?;
     let bad: Vec<String> = m
         .list(which)
         .filter(|t| {

@@ -490,7 +490,8 @@ impl<'a> NameAddr<'a> {
                 if !d.iter().all(|&c| is_token_char(c) || is_lws(c)) {
                     return Err(FieldError::DisplayName);
                 }
-                if find_byte(&s[lt..], b'"').is_some() && find_byte(&s[lt..], b'>').is_none() {
+                // (The common case finds '>' and never scans for the quote.)
+                if find_byte(&s[lt..], b'>').is_none() && find_byte(&s[lt..], b'"').is_some() {
                     return Err(FieldError::UnbalancedQuote);
                 }
                 Self::angle(if d.is_empty() { None } else { Some(d) }, &s[lt..])
