@@ -395,14 +395,16 @@ impl Worker {
         }
         let mut scratch = std::mem::take(&mut self.scratch);
         self.txn_key = None;
-        match msg::parse(data, &mut scratch) {
+        // Matched by reference: the message view is large, and moving it out of the
+        // `Result` is a memcpy per datagram.
+        match &msg::parse(data, &mut scratch) {
             Ok(m) => {
                 if m.is_request() {
                     self.stats.inc(Counter::RxRequests);
-                    self.on_request(shared, now, src, local, group, &m);
+                    self.on_request(shared, now, src, local, group, m);
                 } else {
                     self.stats.inc(Counter::RxResponses);
-                    self.on_response(src, local, &m);
+                    self.on_response(src, local, m);
                 }
             }
             Err(msg::ParseError::KeepAlive) => {}

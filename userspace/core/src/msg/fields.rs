@@ -41,7 +41,15 @@ pub fn is_lws(c: u8) -> bool {
 const LWS: [u8; 4] = [b' ', b'\t', b'\r', b'\n'];
 
 #[inline]
-pub fn trim(mut s: &[u8]) -> &[u8] {
+pub fn trim(s: &[u8]) -> &[u8] {
+    // Most values have nothing to trim: two checks, no loop.
+    match s {
+        [f, .., l] if !is_lws(*f) && !is_lws(*l) => s,
+        _ => trim_slow(s),
+    }
+}
+
+fn trim_slow(mut s: &[u8]) -> &[u8] {
     while let [first, rest @ ..] = s {
         if is_lws(*first) {
             s = rest;
