@@ -431,6 +431,20 @@ impl Ctx {
         }
     }
 
+    /// [`account`](Self::account) from `before` to `rec`'s groups, collecting them only
+    /// when they changed (a refresh or a replaced binding keeps its group).
+    fn account_to(&self, before: &[u16], rec: &AorRecord) {
+        if rec
+            .bindings
+            .iter()
+            .map(|b| b.group)
+            .eq(before.iter().copied())
+        {
+            return;
+        }
+        self.account(before, &Ctx::groups(rec));
+    }
+
     fn counter(&self, g: u16) -> &AtomicU32 {
         let page = self.groups[(g >> 8) as usize]
             .get_or_init(|| Box::new(std::array::from_fn(|_| AtomicU32::new(0))));
@@ -897,7 +911,7 @@ impl Shard {
         // on Call-ID/CSeq nor count against max_contacts. Kept even if the update fails.
         rec.purge(now.0);
         let res = update(rec, now, req, grants, cfg, out);
-        cx.account(&groups_before, &Ctx::groups(rec));
+        cx.account_to(&groups_before, rec);
         let after = rec.bindings.len();
         let new_key = rec.index_key(slot);
         self.bindings = self.bindings + after - before;
