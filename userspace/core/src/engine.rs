@@ -155,10 +155,11 @@ impl Shared {
     }
 }
 
-/// A remembered server transaction: where its final response went and what it was.
+/// A remembered server transaction: where its final response went, and the slot of
+/// [`TxnCache::slots`] holding the response.
 struct Txn {
     dst: SocketAddr,
-    response: Vec<u8>,
+    slot: u32,
 }
 
 /// Retransmission absorption (RFC 3261 §17.2.2 for UDP, keyed per §17.2.3).
@@ -171,7 +172,16 @@ struct TxnCache {
     /// (expiry, key) in insertion order; insertion order is expiry order (fixed Timer J).
     order: VecDeque<(Millis, u64)>,
     hasher: ahash::RandomState,
+    /// Stored responses as (key, bytes), reused round-robin: once the cache is full every
+    /// new transaction forgets one, so storing a response costs no malloc/free and never
+    /// touches the forgotten one's memory. A slot is only trusted while its key matches.
+    slots: Vec<(u64, Vec<u8>)>,
+    next_slot: usize,
 }
+
+/// A reused slot whose buffer grew beyond this (a rare big response) gets a fresh one, so
+/// outliers do not stay pinned in the cache.
+const SLOT_KEEP_CAPACITY: usize = 2048;
 
 /// The keys are already hashes.
 #[derive(Clone, Copy, Default)]
@@ -203,6 +213,8 @@ impl TxnCache {
             map: HashMap::with_hasher(BuildNoHash),
             order: VecDeque::new(),
             hasher: ahash::RandomState::with_seeds(seed, 0x7475726e, 0x7374696c, 0x65),
+            slots: Vec::new(),
+            next_slot: 0,
         }
     }
 
@@ -241,16 +253,39 @@ impl TxnCache {
         Some(h.finish())
     }
 
-    fn get(&self, key: u64) -> Option<&Txn> {
-        self.map.get(&key)
+    /// Where the answer to `key` went and what it was.
+    fn get(&self, key: u64) -> Option<(SocketAddr, &[u8])> {
+        let t = self.map.get(&key)?;
+        match self.slots.get(t.slot as usize) {
+            Some((k, bytes)) if *k == key => Some((t.dst, bytes)),
+            _ => None,
+        }
     }
 
-    fn insert(&mut self, now: Millis, key: u64, txn: Txn) {
+    fn insert(&mut self, now: Millis, key: u64, dst: SocketAddr, response: &[u8]) {
         if self.map.len() >= MAX_TXNS {
             if let Some((_, old)) = self.order.pop_front() {
                 self.map.remove(&old);
             }
         }
+        // The slot written MAX_TXNS stores ago: its transaction has been forgotten (FIFO, at
+        // most MAX_TXNS remembered); if not, the key check in `get` stops trusting it.
+        let slot = self.next_slot;
+        self.next_slot = (slot + 1) % MAX_TXNS;
+        if slot == self.slots.len() {
+            self.slots.push((key, Vec::with_capacity(response.len())));
+        }
+        let (k, buf) = &mut self.slots[slot];
+        if buf.capacity() > SLOT_KEEP_CAPACITY && buf.capacity() > 2 * response.len() {
+            *buf = Vec::with_capacity(response.len());
+        }
+        buf.clear();
+        buf.extend_from_slice(response);
+        *k = key;
+        let txn = Txn {
+            dst,
+            slot: slot as u32,
+        };
         if self.map.insert(key, txn).is_none() {
             self.order.push_back((now.plus_ms(TIMER_J_MS), key));
         }
@@ -262,7 +297,14 @@ impl TxnCache {
                 break;
             }
             self.order.pop_front();
-            self.map.remove(&key);
+            if let Some(t) = self.map.remove(&key) {
+                // Timer J ran out (a quiet period): give the memory back, as before.
+                if let Some((k, buf)) = self.slots.get_mut(t.slot as usize) {
+                    if *k == key {
+                        *buf = Vec::new();
+                    }
+                }
+            }
         }
     }
 
@@ -449,14 +491,7 @@ impl Worker {
         if m.is_request() {
             // `on_request` keyed this very request (same top Via, method and source).
             if let Some(key) = self.txn_key {
-                self.txns.insert(
-                    now,
-                    key,
-                    Txn {
-                        dst,
-                        response: out.clone(),
-                    },
-                );
+                self.txns.insert(now, key, dst, &out);
             }
         }
         self.send(dst, local, out);
@@ -540,8 +575,8 @@ impl Worker {
         // Retransmission of a request we answered: same bytes again, no second update.
         if let (Some(via), StartLine::Request { method_raw, .. }) = (m.top_via, m.start) {
             self.txn_key = self.txns.key(m, &via, method_raw, src);
-            if let Some(t) = self.txn_key.and_then(|k| self.txns.get(k)) {
-                let (dst, payload) = (t.dst, t.response.clone());
+            if let Some((dst, bytes)) = self.txn_key.and_then(|k| self.txns.get(k)) {
+                let payload = bytes.to_vec();
                 self.stats.inc(Counter::Retransmissions);
                 if method_raw != b"ACK" {
                     self.send(dst, local, payload);

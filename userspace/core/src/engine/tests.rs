@@ -656,3 +656,33 @@ fn every_rfc4475_message_is_handled_without_panic() {
         200
     );
 }
+
+#[test]
+fn txn_cache_reuses_slots_and_forgets_the_oldest() {
+    let mut c = TxnCache::new(1);
+    let dst: SocketAddr = "192.0.2.1:5060".parse().unwrap();
+    let resp = |i: u64| format!("SIP/2.0 200 OK {i}").into_bytes();
+    for i in 0..MAX_TXNS as u64 + 10 {
+        c.insert(T0, 1000 + i, dst, &resp(i));
+    }
+    // The ten oldest are forgotten; the rest answer with their own bytes from reused slots.
+    assert!(c.get(1000).is_none() && c.get(1009).is_none());
+    assert_eq!(c.get(1010).map(|(_, b)| b.to_vec()), Some(resp(10)));
+    let last = MAX_TXNS as u64 + 9;
+    assert_eq!(c.get(1000 + last), Some((dst, &resp(last)[..])));
+    assert_eq!(c.slots.len(), MAX_TXNS);
+    // A key stored twice answers with the later response, even after its first slot is
+    // reused by others.
+    c.insert(T0, 7, dst, b"first");
+    c.insert(T0, 7, dst, b"second");
+    for i in 0..10 {
+        c.insert(T0, 5_000_000 + i, dst, b"other");
+    }
+    assert_eq!(c.get(7).map(|(_, b)| b.to_vec()), Some(b"second".to_vec()));
+    // Timer J: everything expires and the buffers are released.
+    c.expire(T0.plus_ms(TIMER_J_MS));
+    assert!(c.get(7).is_none() && c.map.is_empty());
+    // (All but the superseded first copy of key 7, which no entry points to any more.)
+    let kept = c.slots.iter().filter(|(_, b)| b.capacity() > 0).count();
+    assert_eq!(kept, 1);
+}
