@@ -97,8 +97,8 @@ impl SmallTable {
         if v4.len() + v6.len() > SMALL_TABLE_MAX {
             return None;
         }
-        v4.sort_by(|a, b| b.0.cmp(&a.0));
-        v6.sort_by(|a, b| b.0.cmp(&a.0));
+        v4.sort_by_key(|e| std::cmp::Reverse(e.0));
+        v6.sort_by_key(|e| std::cmp::Reverse(e.0));
         Some(SmallTable {
             v4: v4.into_iter().map(|(_, a, m, g)| (a, m, g)).collect(),
             v6: v6.into_iter().map(|(_, a, m, g)| (a, m, g)).collect(),
