@@ -173,6 +173,31 @@ impl HeaderName {
         }
     }
 
+    /// The headers of a typical REGISTER spelled exactly as almost every UA sends them: a
+    /// match is a few integer compares, against the case-insensitive walk of
+    /// [`from_bytes`](Self::from_bytes) (which gives the same answer for these).
+    #[inline]
+    pub fn from_canonical(raw: &[u8]) -> Option<HeaderName> {
+        use HeaderName::*;
+        Some(match raw {
+            b"Via" => Via,
+            b"From" => From,
+            b"To" => To,
+            b"Call-ID" => CallId,
+            b"CSeq" => CSeq,
+            b"Contact" => Contact,
+            b"Expires" => Expires,
+            b"Max-Forwards" => MaxForwards,
+            b"Content-Length" => ContentLength,
+            b"Authorization" => Authorization,
+            b"Supported" => Supported,
+            b"Require" => Require,
+            b"Path" => Path,
+            b"Route" => Route,
+            _ => return None,
+        })
+    }
+
     /// Headers whose value is a comma-separated list (RFC 3261 §7.3.1): several values may
     /// share one header line. Authorization-type headers are NOT split on commas (their
     /// params are comma-separated).
@@ -278,6 +303,42 @@ mod tests {
         ] {
             assert_eq!(HeaderName::from_bytes(raw.as_bytes()), want, "{raw}");
         }
+    }
+
+    #[test]
+    fn from_canonical_agrees_with_from_bytes() {
+        let mut hits = 0;
+        for raw in [
+            "Via",
+            "From",
+            "To",
+            "Call-ID",
+            "CSeq",
+            "Contact",
+            "Expires",
+            "Max-Forwards",
+            "Content-Length",
+            "Authorization",
+            "Supported",
+            "Require",
+            "Path",
+            "Route",
+            "via",
+            "Call-Id",
+            "CALL-ID",
+            "X-Via",
+            "",
+            "Allow",
+            "User-Agent",
+            "Content-Type",
+        ] {
+            if let Some(h) = HeaderName::from_canonical(raw.as_bytes()) {
+                hits += 1;
+                assert_eq!(h, HeaderName::from_bytes(raw.as_bytes()), "{raw}");
+                assert_eq!(h.canonical(), raw);
+            }
+        }
+        assert_eq!(hits, 14);
     }
 
     #[test]

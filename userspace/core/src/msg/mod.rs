@@ -393,21 +393,26 @@ impl<'a> Message<'a> {
             };
             let line = trim_cr(&buf[pos..eol]);
             pos = eol + 1;
-            // HCOLON = *( SP / HTAB ) ":" SWS
-            let mut n = 0;
-            while n < line.len() && fields::TOKEN[line[n] as usize] {
-                n += 1;
-            }
-            let raw_name = &line[..n];
-            while n < line.len() && (line[n] == b' ' || line[n] == b'\t') {
-                n += 1;
-            }
-            if raw_name.is_empty() || line.get(n) != Some(&b':') {
+            // header-name HCOLON, HCOLON = *( SP / HTAB ) ":" SWS: the name is what precedes
+            // the first ':' less trailing SP/HT, and must be a non-empty token.
+            let Some(colon) = fields::find_byte(line, b':') else {
                 defect = defect.or(Some(Defect::BadHeaderLine));
                 continue;
+            };
+            let mut n = colon;
+            while n > 0 && (line[n - 1] == b' ' || line[n - 1] == b'\t') {
+                n -= 1;
             }
-            let name = HeaderName::from_bytes(raw_name);
-            let value = trim(&line[n + 1..]);
+            let raw_name = &line[..n];
+            let name = match HeaderName::from_canonical(raw_name) {
+                Some(h) => h,
+                None if fields::is_token(raw_name) => HeaderName::from_bytes(raw_name),
+                None => {
+                    defect = defect.or(Some(Defect::BadHeaderLine));
+                    continue;
+                }
+            };
+            let value = trim(&line[colon + 1..]);
             if self.headers.len() >= MAX_HEADERS {
                 defect = defect.or(Some(Defect::TooManyHeaders));
                 continue;
