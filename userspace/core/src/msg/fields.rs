@@ -226,6 +226,12 @@ impl<'a> Iterator for ListIter<'a> {
                 return None;
             }
             let s = self.rest;
+            if find_any(s, 0, [b',', b'"']) == s.len() {
+                // No comma and no quote: the rest is one element (the usual single value).
+                self.rest = &[];
+                let item = trim(s);
+                return (!item.is_empty()).then_some(item);
+            }
             let mut i = 0;
             let mut angle = false;
             let end = loop {
@@ -396,8 +402,15 @@ impl<'a> Via<'a> {
     pub fn parse(raw: &'a [u8]) -> Result<Via<'a>, FieldError> {
         let s = trim(raw);
         let mut parts = [&b""[..]; 3];
-        let mut rest = s;
-        for (i, part) in parts.iter_mut().enumerate() {
+        // The usual exact "SIP/2.0/" is what the general loop below would split off first.
+        let (skip, mut rest) = if s.starts_with(b"SIP/2.0/") {
+            parts[0] = &s[..3];
+            parts[1] = &s[4..7];
+            (2, &s[8..])
+        } else {
+            (0, s)
+        };
+        for (i, part) in parts.iter_mut().enumerate().skip(skip) {
             let r = trim(rest);
             let end = if i < 2 {
                 find_byte(r, b'/').ok_or(FieldError::Via)?
