@@ -144,18 +144,26 @@ pub fn response_destination(via: &Via<'_>, src: SocketAddr) -> SocketAddr {
 }
 
 /// A deterministic To tag for a request: a retransmission or a stateless re-answer gets the
-/// same tag. FNV-1a over Call-ID, From tag and the branch.
+/// same tag. A multiply-rotate hash over Call-ID, From and the branch, eight bytes a step
+/// (the byte-wise FNV it replaced cost ~4 instructions a byte on every answer).
 pub fn local_tag(call_id: &[u8], from: &[u8], branch: &[u8]) -> u64 {
-    let mut h: u64 = 0xcbf29ce484222325;
+    const K: u64 = 0x9e37_79b9_7f4a_7c15;
+    let mix = |h: u64, w: u64| (h ^ w).wrapping_mul(K).rotate_left(31);
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
     for part in [call_id, from, branch] {
-        for &b in part {
-            h ^= b as u64;
-            h = h.wrapping_mul(0x100000001b3);
+        let mut chunks = part.chunks_exact(8);
+        for c in &mut chunks {
+            let mut w = [0u8; 8];
+            w.copy_from_slice(c);
+            h = mix(h, u64::from_le_bytes(w));
         }
-        h ^= 0xff;
-        h = h.wrapping_mul(0x100000001b3);
+        let mut w = [0u8; 8];
+        let tail = chunks.remainder();
+        w[..tail.len()].copy_from_slice(tail);
+        // The length ends each part, so ("ab", "c") and ("a", "bc") differ.
+        h = mix(h, u64::from_le_bytes(w) ^ (part.len() as u64) << 56);
     }
-    h
+    h ^ h >> 29
 }
 
 /// Response head: status line, Via (top one rewritten), From, To (with our tag unless the
@@ -299,6 +307,28 @@ From: <sip:a@example.test>;tag=f1\r\nTo: <sip:x@example.test>\r\nCall-ID: cid\r\
         let mut s2 = Vec::new();
         let back = parse(text.as_bytes(), &mut s2).unwrap();
         assert_eq!(back.status(), Some(200));
+    }
+
+    #[test]
+    fn local_tag_is_deterministic_and_spreads() {
+        assert_eq!(
+            local_tag(b"c@h", b"<sip:a@b>;tag=1", b"z9hG4bK1"),
+            local_tag(b"c@h", b"<sip:a@b>;tag=1", b"z9hG4bK1")
+        );
+        assert_ne!(local_tag(b"ab", b"c", b""), local_tag(b"a", b"bc", b""));
+        assert_ne!(local_tag(b"", b"", b""), local_tag(b"", b"", b"\0"));
+        let mut seen = std::collections::HashSet::new();
+        for i in 0..20_000u32 {
+            let cid = format!("{i:016x}@flood");
+            assert!(seen.insert(local_tag(cid.as_bytes(), b"<sip:f@b>;tag=x", b"z9hG4bK0")));
+        }
+        // Every output byte varies (the tag is sent as 16 hex digits).
+        let tags: Vec<u64> = (0..64u8).map(|i| local_tag(&[i], b"", b"")).collect();
+        for byte in 0..8 {
+            let vals: std::collections::HashSet<u8> =
+                tags.iter().map(|t| (t >> (byte * 8)) as u8).collect();
+            assert!(vals.len() > 32, "byte {byte}");
+        }
     }
 
     #[test]
