@@ -1153,7 +1153,7 @@ fn update(
         // Every stored binding is updated or removed by this request (a phone re-registering
         // with a new Call-ID): no string of the old record survives, so its blob's allocation
         // can hold the new one — no malloc/free, and memory that is already in cache.
-        let mut parts: SmallVec<[(Binding, Strs<'_>); 4]> = SmallVec::with_capacity(n_new);
+        let mut parts: SmallVec<[(Binding, Strs<'_>); 4]> = SmallVec::new();
         for (j, by) in by_existing.iter().enumerate() {
             let i = by.map_or(0, |i| i as usize);
             if grants[i] > 0 {
@@ -1178,13 +1178,13 @@ fn update(
             return Err(RegisterError::Full);
         } else {
             let buf = std::mem::take(rec).into_blob();
-            *rec =
-                AorRecord::build_in(buf, req.aor, total, parts).map_err(|_| RegisterError::Full)?;
+            *rec = AorRecord::build_in(buf, req.aor, total, parts.drain(..))
+                .map_err(|_| RegisterError::Full)?;
         }
         out.fill(rec, now);
         return Ok(ok);
     }
-    let mut parts: SmallVec<[(Binding, Strs<'_>); 4]> = SmallVec::with_capacity(n_new);
+    let mut parts: SmallVec<[(Binding, Strs<'_>); 4]> = SmallVec::new();
     for (j, by) in by_existing.iter().enumerate() {
         let b = &rec.bindings[j];
         match *by {
@@ -1204,11 +1204,11 @@ fn update(
     }
     let total = parts.iter().map(|(_, s)| s.blob_len()).sum();
     let new_rec = if parts.is_empty() {
-        drop(parts);
         AorRecord::default()
     } else {
-        AorRecord::build(req.aor, total, parts).map_err(|_| RegisterError::Full)?
+        AorRecord::build(req.aor, total, parts.drain(..)).map_err(|_| RegisterError::Full)?
     };
+    drop(parts);
     *rec = new_rec;
     out.fill(rec, now);
     Ok(ok)
