@@ -372,6 +372,14 @@ impl AorRecord {
 
     /// Indices of bindings alive at `now`, by q descending, then most recently updated first.
     pub fn ordered(&self, now: u64) -> SmallVec<[u8; 8]> {
+        if let [b] = &self.bindings[..] {
+            // The usual single binding: nothing to sort.
+            let mut one = SmallVec::new();
+            if b.expires_at > now {
+                one.push(0);
+            }
+            return one;
+        }
         let mut idx: SmallVec<[u8; 8]> = (0..self.bindings.len().min(256))
             .filter(|&i| self.bindings[i].expires_at > now)
             .map(|i| i as u8)
