@@ -13,9 +13,10 @@
 //!
 //! The machine's cores are split: the daemon (one worker per server core) runs on the first
 //! half, every load generator on the other half (`taskset`). Phones are other machines; a
-//! generator sharing the server's cores measures the scheduler, not the server. The flooder
-//! also runs at `nice 19` so the measured client (group B) is not queued behind it on the
-//! client cores. On veth the receive work (the XDP program and the copy into the UMEM in
+//! generator sharing the server's cores measures the scheduler, not the server. On the
+//! client cores the flooder runs at `nice 19` and the isolation phases' measured client
+//! (group B) at `SCHED_FIFO`, so B's latency is the server's and not its wait for the client
+//! core (see `Side::Measured`). On veth the receive work (the XDP program and the copy into the UMEM in
 //! XDP mode; IP and UDP receive in socket mode) runs in the *sender's* softirq, i.e. on the
 //! client cores in both modes. On a NIC it lands on the server's cores, where the kernel
 //! stack costs far more than the XDP program (99 ns, `benches/benches/xdp_classify.rs`): this
@@ -325,6 +326,13 @@ struct Ctx<'a> {
 enum Side {
     Server,
     Client,
+    /// The isolation phases' measured client (group B, 2,000/s): `SCHED_FIFO` on the client
+    /// cores. Its phones would be other machines; here the flood's kernel-side work runs on
+    /// the same client core in softirq, where `nice` does not reach, and delayed B's own
+    /// sends and wake-ups by milliseconds (3–5× its unloaded p99 with the flood aimed at a
+    /// closed port, i.e. without the daemon involved). Real-time priority takes the client
+    /// core out of B's latency, so what is left is the server's.
+    Measured,
     /// A client at `nice 19`: the flooder, which must not delay the measured client.
     Flooder,
 }
@@ -535,12 +543,13 @@ auth = "none"
 }
 
 impl Ctx<'_> {
-    /// `[taskset -c CPUS] [nice -n 19] ip netns exec NS`: every program of the benchmark
-    /// starts through this (each wrapper execs in place, so the PID is the program's).
+    /// `[taskset -c CPUS] [nice -n 19 | chrt -f 10] ip netns exec NS`: every program of the
+    /// benchmark starts through this (each wrapper execs in place, so the PID is the
+    /// program's).
     fn cmd(&self, side: Side) -> Command {
         let (ns, cpus) = match side {
             Side::Server => (&self.veth.ns_s, &self.server_cpus),
-            Side::Client | Side::Flooder => (&self.veth.ns_g, &self.client_cpus),
+            Side::Client | Side::Measured | Side::Flooder => (&self.veth.ns_g, &self.client_cpus),
         };
         let mut argv: Vec<String> = Vec::new();
         if let Some(c) = cpus {
@@ -548,6 +557,9 @@ impl Ctx<'_> {
         }
         if side == Side::Flooder {
             argv.extend(["nice".into(), "-n".into(), "19".into()]);
+        }
+        if side == Side::Measured {
+            argv.extend(["chrt".into(), "-f".into(), "10".into()]);
         }
         argv.extend(["ip".into(), "netns".into(), "exec".into(), ns.clone()]);
         let mut c = Command::new(&argv[0]);
@@ -597,7 +609,7 @@ impl Ctx<'_> {
         // Ready = answers: a short trickle until something completes (the first frames may
         // race the XDP attach).
         for _ in 0..10 {
-            let r = self.storm(GROUP_B_SRC, 0, 100, Some(200), 0.3, 1000)?;
+            let r = self.storm(Side::Client, GROUP_B_SRC, 0, 100, Some(200), 0.3, 1000)?;
             if r["completed"].as_u64().unwrap_or(0) > 0 {
                 return Ok(s);
             }
@@ -608,6 +620,7 @@ impl Ctx<'_> {
     /// One storm-veth run in the generator namespace; its JSON report.
     fn storm(
         &self,
+        side: Side,
         bind: &str,
         first_user: u32,
         users: u32,
@@ -615,7 +628,7 @@ impl Ctx<'_> {
         secs: f64,
         timeout_ms: u64,
     ) -> Result<Value> {
-        let mut c = self.cmd(Side::Client);
+        let mut c = self.cmd(side);
         c.arg(self.release.join("storm-veth"))
             .args(["--target", &format!("{SERVER_V4}:{PORT}"), "--bind", bind])
             .args(["--first-user", &first_user.to_string()])
@@ -753,7 +766,15 @@ impl Ctx<'_> {
         if flood.is_some() {
             std::thread::sleep(Duration::from_millis(300));
         }
+        // The isolation phases' client at real-time priority (see `Side::Measured`); the
+        // throughput phases' client alone on its core, as is.
+        let side = if name.starts_with("isolation") {
+            Side::Measured
+        } else {
+            Side::Client
+        };
         let rep = self.storm(
+            side,
             GROUP_B_SRC,
             0,
             self.users,
@@ -848,7 +869,7 @@ impl Ctx<'_> {
         let mut ready = false;
         for _ in 0..10 {
             std::thread::sleep(Duration::from_millis(100));
-            let p = self.storm(GROUP_B_SRC, 0, 100, Some(200), 0.3, 1000)?;
+            let p = self.storm(Side::Client, GROUP_B_SRC, 0, 100, Some(200), 0.3, 1000)?;
             if p["completed"].as_u64().unwrap_or(0) > 0 {
                 ready = true;
                 break;
