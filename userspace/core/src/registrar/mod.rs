@@ -37,7 +37,8 @@ use ahash::RandomState;
 use hashbrown::HashTable;
 use parking_lot::Mutex;
 use smallvec::SmallVec;
-use std::collections::BTreeSet;
+use std::cmp::Reverse;
+use std::collections::BinaryHeap;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::OnceLock;
@@ -396,8 +397,15 @@ struct Shard {
     table: HashTable<u32>,
     slab: Vec<AorRecord>,
     free: Vec<u32>,
-    /// One packed (earliest expiry, slot) per AOR.
-    index: BTreeSet<u64>,
+    /// Packed (earliest expiry, slot), a min-heap with lazy deletion: an entry is live only
+    /// while it equals its record's current `index_key`. A refresh pushes the new key and
+    /// leaves the old one to be dropped when it reaches the top (or by `compact`), so the
+    /// REGISTER path pays a push at the tail of a vector — usually no sift at all, new
+    /// expiries being later than most — instead of a B-tree removal and insertion, two
+    /// walks through cold nodes per refresh. Processing an entry is a `purge(now)` of its
+    /// record, which is idempotent, so a duplicate or stale-but-equal entry costs a purge
+    /// and never a wrong result.
+    index: BinaryHeap<Reverse<u64>>,
     bindings: usize,
 }
 
@@ -667,12 +675,7 @@ impl Registrar {
     pub fn next_expiry(&self) -> Option<Millis> {
         self.shards
             .iter()
-            .filter_map(|s| {
-                s.0.lock()
-                    .index
-                    .first()
-                    .map(|&k| Millis(store::unpack(k).0))
-            })
+            .filter_map(|s| s.0.lock().first_live().map(|k| Millis(store::unpack(k).0)))
             .min()
     }
 
@@ -799,6 +802,47 @@ impl Registrar {
 }
 
 impl Shard {
+    /// Whether index entry `key` is its record's current key (see `Shard::index`).
+    fn is_live(&self, key: u64) -> bool {
+        let slot = store::unpack(key).1;
+        self.slab
+            .get(slot as usize)
+            .is_some_and(|r| r.index_key(slot) == Some(key))
+    }
+
+    /// The earliest live index entry, dropping stale ones on top.
+    fn first_live(&mut self) -> Option<u64> {
+        while let Some(&Reverse(k)) = self.index.peek() {
+            if self.is_live(k) {
+                return Some(k);
+            }
+            self.index.pop();
+        }
+        None
+    }
+
+    /// Adds `key`; rebuilds the heap from the live records once stale entries make up more
+    /// than half of it, so refresh-heavy traffic cannot grow it without bound (amortised
+    /// O(1) per push).
+    fn push_index(&mut self, key: u64) {
+        self.index.push(Reverse(key));
+        if self.index.len() > 2 * self.table.len() + 64 {
+            self.compact_index();
+        }
+    }
+
+    fn compact_index(&mut self) {
+        let mut v = std::mem::take(&mut self.index).into_vec();
+        v.clear();
+        v.extend(
+            self.table
+                .iter()
+                .filter_map(|&s| self.slab[s as usize].index_key(s))
+                .map(Reverse),
+        );
+        self.index = BinaryHeap::from(v);
+    }
+
     fn find(&self, hash: u64, aor: &str) -> Option<&u32> {
         self.table
             .find(hash, |&s| self.slab[s as usize].aor() == aor)
@@ -815,11 +859,8 @@ impl Shard {
         *old = rec;
         let new_key = old.index_key(slot);
         if old_key != new_key {
-            if let Some(k) = old_key {
-                self.index.remove(&k);
-            }
             if let Some(k) = new_key {
-                self.index.insert(k);
+                self.push_index(k);
             }
         }
         if new_key.is_none() {
@@ -842,12 +883,14 @@ impl Shard {
         };
         self.bindings += rec.bindings.len();
         cx.account(&[], &Ctx::groups(&rec));
-        if let Some(k) = rec.index_key(slot) {
-            self.index.insert(k);
-        }
+        let key = rec.index_key(slot);
         self.slab[slot as usize] = rec;
         let Shard { table, slab, .. } = self;
         table.insert_unique(hash, slot, |&s| cx.hasher.hash_one(slab[s as usize].aor()));
+        // After the table insert: a compaction rebuilds the index from the table.
+        if let Some(k) = key {
+            self.push_index(k);
+        }
         Ok(slot)
     }
 
@@ -855,14 +898,17 @@ impl Shard {
     fn expire(&mut self, now: u64, budget: usize, cx: &Ctx) -> (usize, bool) {
         let mut removed = 0;
         for _ in 0..budget {
-            let Some(&key) = self.index.first() else {
+            let Some(&Reverse(key)) = self.index.peek() else {
                 return (removed, false);
             };
             let (at, slot) = store::unpack(key);
             if at > now {
                 return (removed, false);
             }
-            self.index.pop_first();
+            self.index.pop();
+            if !self.is_live(key) {
+                continue;
+            }
             let rec = &mut self.slab[slot as usize];
             let hash = cx.hasher.hash_one(rec.aor());
             let before = Ctx::groups(rec);
@@ -871,7 +917,7 @@ impl Shard {
             removed += n;
             self.bindings -= n;
             if let Some(k) = rec.index_key(slot) {
-                self.index.insert(k);
+                self.push_index(k);
             } else {
                 if let Ok(e) = self.table.find_entry(hash, |&s| s == slot) {
                     e.remove();
@@ -916,11 +962,8 @@ impl Shard {
         let new_key = rec.index_key(slot);
         self.bindings = self.bindings + after - before;
         if old_key != new_key {
-            if let Some(k) = old_key {
-                self.index.remove(&k);
-            }
             if let Some(k) = new_key {
-                self.index.insert(k);
+                self.push_index(k);
             }
         }
         if after == 0 {
@@ -1309,6 +1352,35 @@ mod tests {
         let b = ok(r.register(T0, &req("cid", 3, &cs), 0));
         assert_eq!(b.len(), 1);
         assert_eq!(b.get(0).unwrap().expires, 60);
+    }
+
+    /// The expiry index is lazy (stale entries stay until they surface): thousands of
+    /// refreshes of one AOR must neither grow it without bound nor make an old expiry
+    /// fire, and the next expiry stays exact.
+    #[test]
+    fn refreshes_keep_the_expiry_index_small_and_exact() {
+        let r = Registrar::new(RegistrarConfig::default(), 1);
+        let cs = [c_exp("sip:a@h", 3600)];
+        let other = [c_exp("sip:o@h", 600)];
+        let mut q = req("o", 1, &other);
+        q.aor = "sip:other@example.test";
+        ok(r.register(T0, &q, 0));
+        let mut now = T0;
+        for i in 0..10_000u32 {
+            now = Millis(T0.0 + u64::from(i) * 250);
+            ok(r.register(now, &req("cid", i + 1, &cs), 0));
+        }
+        let len = r.shards[0].0.lock().index.len();
+        assert!(len <= 2 * 2 + 64, "index holds {len} entries for 2 AORs");
+        // The other AOR expires first, then alice exactly 3600 s after her last refresh.
+        assert_eq!(r.next_expiry(), Some(T0.plus_secs(600)));
+        // None of alice's superseded expiries removes her binding.
+        assert_eq!(r.expire(T0.plus_secs(3600)), 1);
+        assert_eq!(uris(&r, T0.plus_secs(3600)), vec!["sip:a@h".to_string()]);
+        assert_eq!(r.next_expiry(), Some(now.plus_secs(3600)));
+        assert_eq!(r.expire(Millis(now.plus_secs(3600).0 - 1)), 0);
+        assert_eq!(r.expire(now.plus_secs(3600)), 1);
+        assert_eq!((r.binding_count(), r.next_expiry()), (0, None));
     }
 
     #[test]
