@@ -1,7 +1,8 @@
 //! The benchmark's XDP flood generator (`turnstile_flood`, run with `BPF_PROG_RUN` in
 //! live-frames mode) over a real veth pair in test-owned namespaces: every frame it sends
 //! arrives at an ordinary UDP socket on the peer, each with its own counter (the field a
-//! benchmark puts in Via branch and Call-ID) and user digits. If it repeated frames, the
+//! benchmark puts in Via branch and Call-ID) and user digits — also when the sending thread
+//! moves between CPUs (the sequence is per CPU; this test caught a repeat). If it repeated frames, the
 //! isolation benchmark's flood would be absorbed as retransmissions and measure nothing.
 
 use std::{
@@ -65,6 +66,17 @@ fn frame(
     (f, off)
 }
 
+/// Moves the calling thread to `cpu` (best effort: a failure leaves it where it is).
+fn pin_to(cpu: usize) {
+    // SAFETY: a zeroed cpu_set_t is empty; CPU_SET writes within it; the call only affects
+    // the calling thread.
+    unsafe {
+        let mut set: libc::cpu_set_t = std::mem::zeroed();
+        libc::CPU_SET(cpu, &mut set);
+        libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &set);
+    }
+}
+
 #[test]
 fn flood_frames_arrive_each_with_its_own_counter() {
     if !require_privileged("xdp_flood::flood_frames_arrive_each_with_its_own_counter") {
@@ -121,8 +133,11 @@ fn flood_frames_arrive_each_with_its_own_counter() {
                 SALT,
             )
             .expect("load the flood generator");
-            // Small chunks, so the receiver's socket buffer keeps up.
-            for _ in 0..FRAMES / 50 {
+            // Small chunks, so the receiver's socket buffer keeps up; each from the next CPU,
+            // so the per-CPU sequences meet.
+            let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
+            for i in 0..FRAMES / 50 {
+                pin_to(i as usize % cpus);
                 flood.send(50).expect("BPF_PROG_RUN live frames");
                 std::thread::sleep(Duration::from_millis(20));
             }
@@ -136,7 +151,8 @@ fn flood_frames_arrive_each_with_its_own_counter() {
         assert_eq!(d.len(), payload.len());
         let c = std::str::from_utf8(&d[ctr..ctr + 16]).unwrap();
         let v = u64::from_str_radix(c, 16).unwrap_or_else(|_| panic!("counter {c:?}"));
-        let n = v - SALT;
+        // salt + (per-CPU sequence << 8 | cpu): the sending thread may migrate.
+        let n = (v - SALT) >> 8;
         assert!((1..=u64::from(FRAMES)).contains(&n), "counter {v:#x}");
         let u = std::str::from_utf8(&d[user..user + 4]).unwrap();
         assert_eq!(
@@ -146,6 +162,6 @@ fn flood_frames_arrive_each_with_its_own_counter() {
         );
         // Everything else is the template.
         assert_eq!(&d[..ctr], &payload[..ctr]);
-        assert!(seen.insert(n), "counter {n} repeated");
+        assert!(seen.insert(v), "counter {v:#x} repeated");
     }
 }

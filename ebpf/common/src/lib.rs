@@ -324,7 +324,8 @@ pub struct FloodConfig {
     /// Interface the frames leave by (`bpf_redirect`).
     pub ifindex: u32,
     pub _reserved: u32,
-    /// Added to the per-CPU sequence, so two runs never repeat a branch or Call-ID.
+    /// Added to `sequence << 8 | cpu` (the sequence is per CPU), so two runs never repeat
+    /// a branch or Call-ID.
     pub salt: u64,
     /// Frame offsets of the counter fields; 0 = unused (offset 0 is the Ethernet header).
     pub ctr_marks: [u16; FLOOD_MAX_MARKS],

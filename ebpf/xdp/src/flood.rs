@@ -11,7 +11,7 @@
 
 use aya_ebpf::{
     bindings::xdp_action,
-    helpers::bpf_redirect,
+    helpers::{bpf_get_smp_processor_id, bpf_redirect},
     macros::{map, xdp},
     maps::{Array, PerCpuArray},
     programs::XdpContext,
@@ -56,7 +56,11 @@ pub fn turnstile_flood(ctx: XdpContext) -> u32 {
         *seq += 1;
         *seq
     };
-    let v = n.wrapping_add(cfg.salt);
+    // The sequence is per CPU (no atomics), so the CPU goes into the low byte: a sender
+    // that migrates between CPUs must not repeat a branch or Call-ID.
+    // SAFETY: plain helper call.
+    let cpu = u64::from(unsafe { bpf_get_smp_processor_id() }) & 0xff;
+    let v = ((n << 8) | cpu).wrapping_add(cfg.salt);
     for i in 0..FLOOD_MAX_MARKS {
         let off = cfg.ctr_marks[i];
         if off != 0 && !stamp::<FLOOD_CTR_DIGITS>(&ctx, off, v) {
