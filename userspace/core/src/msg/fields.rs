@@ -283,60 +283,58 @@ pub fn params(s: &[u8]) -> ParamIter<'_> {
 impl<'a> Iterator for ParamIter<'a> {
     type Item = (&'a [u8], Option<&'a [u8]>);
     fn next(&mut self) -> Option<Self::Item> {
-        loop {
-            let s = self.rest;
-            let mut i = 0;
-            while i < s.len() && is_lws(s[i]) {
-                i += 1;
-            }
-            if i == s.len() {
-                self.rest = &[];
-                return None;
-            }
-            if s[i] != b';' {
-                self.error = true;
-                self.rest = &[];
-                return None;
-            }
-            let start = i + 1;
-            // The parameter ends at the next ';' outside a quoted string.
-            let mut j = start;
-            let mut eq = None;
-            loop {
-                j = if eq.is_none() {
-                    find_any(s, j, [b';', b'=', b'"'])
-                } else {
-                    find_any(s, j, [b';', b'"'])
-                };
-                if j >= s.len() {
-                    break;
-                }
-                match s[j] {
-                    b';' => break,
-                    b'=' if eq.is_none() => {
-                        eq = Some(j);
-                        j += 1;
-                    }
-                    b'"' => match skip_quoted(&s[j..]) {
-                        Some(n) => j += n,
-                        None => {
-                            self.error = true;
-                            self.rest = &[];
-                            return None;
-                        }
-                    },
-                    _ => j += 1,
-                }
-            }
-            self.rest = &s[j..];
-            let (name, value) = match eq {
-                Some(e) => (trim(&s[start..e]), Some(trim(&s[e + 1..j]))),
-                None => (trim(&s[start..j]), None),
-            };
-            // An empty parameter (`;;`) is yielded with an empty name: validators reject it
-            // (RFC 4475 §3.1.2.1 badinv01), lookups simply never match it.
-            return Some((name, value));
+        let s = self.rest;
+        let mut i = 0;
+        while i < s.len() && is_lws(s[i]) {
+            i += 1;
         }
+        if i == s.len() {
+            self.rest = &[];
+            return None;
+        }
+        if s[i] != b';' {
+            self.error = true;
+            self.rest = &[];
+            return None;
+        }
+        let start = i + 1;
+        // The parameter ends at the next ';' outside a quoted string.
+        let mut j = start;
+        let mut eq = None;
+        loop {
+            j = if eq.is_none() {
+                find_any(s, j, [b';', b'=', b'"'])
+            } else {
+                find_any(s, j, [b';', b'"'])
+            };
+            if j >= s.len() {
+                break;
+            }
+            match s[j] {
+                b';' => break,
+                b'=' if eq.is_none() => {
+                    eq = Some(j);
+                    j += 1;
+                }
+                b'"' => match skip_quoted(&s[j..]) {
+                    Some(n) => j += n,
+                    None => {
+                        self.error = true;
+                        self.rest = &[];
+                        return None;
+                    }
+                },
+                _ => j += 1,
+            }
+        }
+        self.rest = &s[j..];
+        let (name, value) = match eq {
+            Some(e) => (trim(&s[start..e]), Some(trim(&s[e + 1..j]))),
+            None => (trim(&s[start..j]), None),
+        };
+        // An empty parameter (`;;`) is yielded with an empty name: validators reject it
+        // (RFC 4475 §3.1.2.1 badinv01), lookups simply never match it.
+        Some((name, value))
     }
 }
 
