@@ -609,7 +609,7 @@ impl Ctx<'_> {
         // Ready = answers: a short trickle until something completes (the first frames may
         // race the XDP attach).
         for _ in 0..10 {
-            let r = self.storm(Side::Client, GROUP_B_SRC, 0, 100, Some(200), 0.3, 1000)?;
+            let r = self.storm(Side::Client, 100, Some(200), 0.3, 1000)?;
             if r["completed"].as_u64().unwrap_or(0) > 0 {
                 return Ok(s);
             }
@@ -617,12 +617,11 @@ impl Ctx<'_> {
         bail!("turnstile ({mode}) started but answers no REGISTER over the veth")
     }
 
-    /// One storm-veth run in the generator namespace; its JSON report.
+    /// One storm-veth run from group B's address (users from 0) in the generator namespace;
+    /// its JSON report.
     fn storm(
         &self,
         side: Side,
-        bind: &str,
-        first_user: u32,
         users: u32,
         rate: Option<u32>,
         secs: f64,
@@ -630,8 +629,12 @@ impl Ctx<'_> {
     ) -> Result<Value> {
         let mut c = self.cmd(side);
         c.arg(self.release.join("storm-veth"))
-            .args(["--target", &format!("{SERVER_V4}:{PORT}"), "--bind", bind])
-            .args(["--first-user", &first_user.to_string()])
+            .args([
+                "--target",
+                &format!("{SERVER_V4}:{PORT}"),
+                "--bind",
+                GROUP_B_SRC,
+            ])
             .args(["--users", &users.to_string()])
             .args(["--window", &self.window.to_string()])
             .args(["--threads", &self.gen_threads.to_string()])
@@ -773,15 +776,7 @@ impl Ctx<'_> {
         } else {
             Side::Client
         };
-        let rep = self.storm(
-            side,
-            GROUP_B_SRC,
-            0,
-            self.users,
-            rate,
-            self.phase.as_secs_f64(),
-            4000,
-        );
+        let rep = self.storm(side, self.users, rate, self.phase.as_secs_f64(), 4000);
         let flood = match flood {
             Some(f) => {
                 let o = f.wait_with_output()?;
@@ -869,7 +864,7 @@ impl Ctx<'_> {
         let mut ready = false;
         for _ in 0..10 {
             std::thread::sleep(Duration::from_millis(100));
-            let p = self.storm(Side::Client, GROUP_B_SRC, 0, 100, Some(200), 0.3, 1000)?;
+            let p = self.storm(Side::Client, 100, Some(200), 0.3, 1000)?;
             if p["completed"].as_u64().unwrap_or(0) > 0 {
                 ready = true;
                 break;
