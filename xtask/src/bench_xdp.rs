@@ -272,6 +272,10 @@ struct PhaseResult {
     cpu_us_per_register: f64,
     /// Flooded phase only: what the flooder sent to group A.
     flood: Option<Value>,
+    /// Capacity phase, when `perf` is installed: the share of the daemon's CPU spent in
+    /// `net_rx_action` — on veth, the generator namespace's receive of the answers, which
+    /// the kernel runs on the sending (server) core; on a NIC the phone does that work.
+    peer_rx_share: Option<f64>,
     storm: Value,
 }
 
@@ -708,7 +712,8 @@ impl Ctx<'_> {
     /// number (unlike `peak`): the flooder never waits for answers.
     fn capacity(&self, server: &Server) -> Result<PhaseResult> {
         let secs = self.phase.as_secs_f64();
-        let f = self.flooder(PORT, 5_000_000, secs + 0.6)?;
+        // The flood outlasts the measurement by the profiling window that follows it.
+        let f = self.flooder(PORT, 5_000_000, secs + 0.6 + PROFILE_S + 0.5)?;
         // Past the flooder's start-up, into the steady state.
         std::thread::sleep(Duration::from_millis(300));
         let (a0, c0, t0) = (self.flood_answered(server)?, server.cpu(), Instant::now());
@@ -718,6 +723,8 @@ impl Ctx<'_> {
             server.cpu(),
             t0.elapsed().as_secs_f64(),
         );
+        // After the measured window, so perf's own cost does not touch the capacity number.
+        let peer_rx_share = self.profile_peer_rx(server);
         let o = f.wait_with_output()?;
         let flood = serde_json::from_slice::<Value>(&o.stdout).unwrap_or(Value::Null);
         let answered = a1.saturating_sub(a0);
@@ -734,12 +741,16 @@ impl Ctx<'_> {
                 0.0
             },
             flood: Some(flood),
+            peer_rx_share,
             ..Default::default()
         };
         eprintln!(
-            "--- capacity: {:.0} REGISTER/s answered, server {:.2} µs/REGISTER ({:.2} CPU-s in {:.1} s), flood {:.0}/s offered",
+            "--- capacity: {:.0} REGISTER/s answered, server {:.2} µs/REGISTER{} ({:.2} CPU-s in {:.1} s), flood {:.0}/s offered",
             p.throughput,
             p.cpu_us_per_register,
+            peer_rx_share
+                .map(|f| format!(" ({:.0} % of it the generator side's receive, perf)", f * 100.0))
+                .unwrap_or_default(),
             cpu,
             dt,
             p.flood
@@ -748,6 +759,52 @@ impl Ctx<'_> {
                 .unwrap_or(0.0)
         );
         Ok(p)
+    }
+
+    /// With `perf` installed: samples the daemon for `PROFILE_S` and returns the share of its
+    /// CPU under `net_rx_action`. In the capacity phase all of it is the generator
+    /// namespace's IP/UDP receive of the answers, which veth runs synchronously on the
+    /// sending core (the flood's own receive runs on the client core). `None` when perf is
+    /// missing or fails (not root, perf_event_paranoid, no samples).
+    fn profile_peer_rx(&self, server: &Server) -> Option<f64> {
+        let data = self.out.join(format!("perf-{}.data", server.pid));
+        let rec = Command::new("perf")
+            .args([
+                "record",
+                "-q",
+                "-F",
+                "999",
+                "-g",
+                "-p",
+                &server.pid.to_string(),
+                "-o",
+            ])
+            .arg(&data)
+            .args(["--", "sleep", &PROFILE_S.to_string()])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status()
+            .ok()?;
+        if !rec.success() {
+            return None;
+        }
+        let rep = Command::new("perf")
+            .args([
+                "report",
+                "--children",
+                "--sort",
+                "sym",
+                "-g",
+                "none",
+                "--stdio",
+                "-i",
+            ])
+            .arg(&data)
+            .stderr(Stdio::null())
+            .output()
+            .ok()?;
+        let _ = std::fs::remove_file(&data);
+        net_rx_share(&String::from_utf8_lossy(&rep.stdout))
     }
 
     /// `phase` with the flood aimed at `flood_port` (the control case aims it at a port
@@ -817,6 +874,7 @@ impl Ctx<'_> {
                 0.0
             },
             flood,
+            peer_rx_share: None,
             storm: rep,
         };
         eprintln!(
@@ -929,6 +987,21 @@ impl Ctx<'_> {
     }
 }
 
+/// Seconds of `perf record` after the capacity measurement.
+const PROFILE_S: f64 = 1.5;
+
+/// The "Children" share of `net_rx_action` in `perf report --children --sort sym -g none
+/// --stdio` output (lines like `  25.20%  1.63%  [k] net_rx_action`), as a fraction.
+fn net_rx_share(report: &str) -> Option<f64> {
+    report.lines().find_map(|l| {
+        let mut f = l.split_whitespace();
+        let children = f.next()?.strip_suffix('%')?.parse::<f64>().ok()?;
+        let _self = f.next()?;
+        let (_kind, sym) = (f.next()?, f.next()?);
+        (sym == "net_rx_action").then_some(children / 100.0)
+    })
+}
+
 fn tail(s: &str) -> String {
     let lines: Vec<&str> = s.lines().collect();
     lines[lines.len().saturating_sub(15)..].join("\n")
@@ -982,7 +1055,7 @@ fn report_md(res: &XdpResults) -> String {
     );
     let _ = writeln!(
         md,
-        "| mode | round | peak reg/s (closed loop) | half-load p50 | p99 | capacity: answered /s | server µs/REGISTER at capacity | B unloaded p99 (best of 2) | B with A flooded: success | p99 | p99 × unloaded | control: flood to a closed port, B p99 | flood sent /s (× capacity) |\n|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"
+        "| mode | round | peak reg/s (closed loop) | half-load p50 | p99 | capacity: answered /s | server µs/REGISTER at capacity | of it, generator side's receive (perf) | B unloaded p99 (best of 2) | B with A flooded: success | p99 | p99 × unloaded | control: flood to a closed port, B p99 | flood sent /s (× capacity) |\n|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"
     );
     for r in &res.runs {
         if let Some(e) = &r.error {
@@ -999,7 +1072,7 @@ fn report_md(res: &XdpResults) -> String {
             let pk = r.phases.first().cloned().unwrap_or_default();
             let _ = writeln!(
                 md,
-                "| null-responder (generator ceiling) | | {:.0} | | | | | | | | | | |",
+                "| null-responder (generator ceiling) | | {:.0} | | | | | | | | | | | |",
                 pk.throughput
             );
             continue;
@@ -1026,7 +1099,7 @@ fn report_md(res: &XdpResults) -> String {
             .unwrap_or(0.0);
         let _ = writeln!(
             md,
-            "| {} | {} | {:.0}{} | {} | {} | {:.0} | {:.2} | {} | {:.2} %{} | {} | {:.2}× | {} | {:.0} ({:.1}×) |",
+            "| {} | {} | {:.0}{} | {} | {} | {:.0} | {:.2} | {} | {} | {:.2} %{} | {} | {:.2}× | {} | {:.0} ({:.1}×) |",
             r.mode,
             r.round,
             pk.throughput,
@@ -1039,6 +1112,9 @@ fn report_md(res: &XdpResults) -> String {
             fmt_us(half.p99_us),
             cap.throughput,
             cap.cpu_us_per_register,
+            cap.peer_rx_share
+                .map(|f| format!("{:.0} %", f * 100.0))
+                .unwrap_or_default(),
             fmt_us(base),
             fl.success_pct,
             if fl.retransmissions > 0 {
@@ -1087,6 +1163,25 @@ fn report_md(res: &XdpResults) -> String {
             if ratio >= 1.5 { "met" } else { "NOT met" },
             per_round.join(", "),
         );
+        // The server's own work: without the generator side's receive of the answers,
+        // which veth runs on the server core in both modes (a phone does it on a NIC).
+        let own = |m: &str| {
+            mean(ok(res, m).filter_map(|r| {
+                let p = r.phases.iter().find(|p| p.name == "capacity")?;
+                Some(p.cpu_us_per_register * (1.0 - p.peer_rx_share?))
+            }))
+        };
+        let (ox, os) = (own("xdp"), own("socket"));
+        if ox > 0.0 && os > 0.0 {
+            let _ = writeln!(
+                md,
+                "Without the generator side's receive of the answers (perf: `net_rx_action` in \
+                 the daemon's context; veth runs the peer's IP/UDP receive on the sending core, \
+                 on a NIC the phone does): XDP {ox:.2} µs vs socket {os:.2} µs of server work per \
+                 REGISTER, **{:.2}×**.\n",
+                os / ox
+            );
+        }
     } else {
         let _ = writeln!(
             md,
@@ -1164,4 +1259,21 @@ fn report_md(res: &XdpResults) -> String {
         );
     }
     md
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn net_rx_share_reads_the_children_column() {
+        let rep = "# Children      Self  Symbol\n\
+                   #\n\
+                   \x20   39.57%     0.07%  [.] __libc_sendto\n\
+                   \x20   25.20%     0.51%  [k] do_softirq.part.0\n\
+                   \x20   24.33%     1.63%  [k] net_rx_action\n";
+        assert_eq!(net_rx_share(rep), Some(0.2433));
+        assert_eq!(net_rx_share("    1.00%  1.00%  [k] something_else\n"), None);
+        assert_eq!(net_rx_share(""), None);
+    }
 }
