@@ -8,7 +8,7 @@
 use aya::{
     maps::Array,
     programs::{TestRun, TestRunAttrs, TestRunOptions, Xdp},
-    Ebpf, EbpfLoader,
+    Ebpf,
 };
 use turnstile_common::{
     FloodConfig, FLOOD_CTR_DIGITS, FLOOD_MAX_MARKS, FLOOD_OFF_MASK, FLOOD_PROG_NAME,
@@ -16,7 +16,7 @@ use turnstile_common::{
 };
 
 use super::error::{classify, XdpError};
-use super::XDP_OBJECT;
+use super::loader::load_object_with;
 
 /// Frames the kernel builds per batch inside one `BPF_PROG_RUN` (its page pool size).
 const LIVE_BATCH: u32 = 64;
@@ -37,9 +37,6 @@ impl XdpFlood {
         user_marks: &[u16],
         salt: u64,
     ) -> Result<Self, XdpError> {
-        if XDP_OBJECT.is_empty() {
-            return Err(XdpError::NotBuilt);
-        }
         let mut cfg = FloodConfig {
             ifindex: ifindex(iface)?,
             salt,
@@ -64,21 +61,7 @@ impl XdpFlood {
                 *slot = m;
             }
         }
-        let mut ebpf = EbpfLoader::new()
-            .load(XDP_OBJECT)
-            .map_err(|e| classify("load the XDP object (create maps)", &e))?;
-        {
-            let prog: &mut Xdp = ebpf
-                .program_mut(FLOOD_PROG_NAME)
-                .ok_or_else(|| XdpError::Other {
-                    op: "load".into(),
-                    msg: format!("program {FLOOD_PROG_NAME} missing from the XDP object"),
-                })?
-                .try_into()
-                .map_err(|e| classify("load", &e))?;
-            prog.load()
-                .map_err(|e| classify("load the flood program (verifier)", &e))?;
-        }
+        let mut ebpf = load_object_with(FLOOD_PROG_NAME, "load the flood program (verifier)")?;
         let mut map: Array<_, FloodConfig> =
             Array::try_from(ebpf.map_mut(MAP_FLOOD).ok_or_else(|| XdpError::Other {
                 op: "load".into(),

@@ -176,6 +176,27 @@ pub struct XdpDataplane {
     ebpf: Ebpf,
 }
 
+/// The embedded object with its maps created and program `prog` loaded (verified); `what`
+/// names the step in the error.
+pub(crate) fn load_object_with(prog: &str, what: &str) -> Result<Ebpf, XdpError> {
+    if XDP_OBJECT.is_empty() {
+        return Err(XdpError::NotBuilt);
+    }
+    let mut ebpf = EbpfLoader::new()
+        .load(XDP_OBJECT)
+        .map_err(|e| classify("load the XDP object (create maps)", &e))?;
+    let p: &mut Xdp = ebpf
+        .program_mut(prog)
+        .ok_or_else(|| XdpError::Other {
+            op: "load".into(),
+            msg: format!("program {prog} missing from the XDP object"),
+        })?
+        .try_into()
+        .map_err(|e| classify("load", &e))?;
+    p.load().map_err(|e| classify(what, &e))?;
+    Ok(ebpf)
+}
+
 fn take<T>(ebpf: &mut Ebpf, name: &str) -> Result<T, XdpError>
 where
     T: TryFrom<aya::maps::Map, Error = aya::maps::MapError>,
@@ -251,21 +272,7 @@ impl XdpDataplane {
             return Err(XdpError::NotBuilt);
         }
         let cfg = config_value(params)?;
-        let mut ebpf = EbpfLoader::new()
-            .load(XDP_OBJECT)
-            .map_err(|e| classify("load the XDP object (create maps)", &e))?;
-        {
-            let prog: &mut Xdp = ebpf
-                .program_mut(PROG_NAME)
-                .ok_or_else(|| XdpError::Other {
-                    op: "load".into(),
-                    msg: format!("program {PROG_NAME} missing from the XDP object"),
-                })?
-                .try_into()
-                .map_err(|e| classify("load", &e))?;
-            prog.load()
-                .map_err(|e| classify("load the XDP program (verifier)", &e))?;
-        }
+        let mut ebpf = load_object_with(PROG_NAME, "load the XDP program (verifier)")?;
         let mut dp = XdpDataplane {
             config: take(&mut ebpf, MAP_CONFIG)?,
             lpm_v4: take(&mut ebpf, MAP_LPM_V4)?,
