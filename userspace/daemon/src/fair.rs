@@ -112,6 +112,11 @@ impl<T> FairQueues<T> {
         self.len
     }
 
+    /// Classes with queued items.
+    pub fn active_classes(&self) -> usize {
+        self.active.len()
+    }
+
     pub fn is_empty(&self) -> bool {
         self.len == 0
     }
@@ -147,6 +152,22 @@ impl<T> FairQueues<T> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn active_classes_counts_classes_with_items() {
+        let mut q: FairQueues<u32> = FairQueues::new([(1, 10), (1, 10), (1, 10)]);
+        assert_eq!(q.active_classes(), 0);
+        q.push(2, 1).unwrap();
+        q.push(2, 2).unwrap();
+        assert_eq!(q.active_classes(), 1);
+        q.push(0, 3).unwrap();
+        assert_eq!(q.active_classes(), 2);
+        // Draining a class empty takes it off the round.
+        q.drain(2, |_, _| {});
+        assert_eq!(q.active_classes(), 1);
+        q.drain(10, |_, _| {});
+        assert_eq!(q.active_classes(), 0);
+    }
 
     #[test]
     fn set_class_changes_weight_and_capacity_live() {
