@@ -7,12 +7,12 @@
 
 use std::{
     collections::BTreeSet,
-    net::{Ipv4Addr, UdpSocket},
+    net::{Ipv4Addr, SocketAddr, UdpSocket},
     sync::mpsc,
     time::{Duration, Instant},
 };
 
-use turnstile_daemon::xdp::flood::XdpFlood;
+use turnstile_daemon::xdp::{flood::XdpFlood, packet::write_udp};
 use turnstile_e2e::netns::{require_privileged, VethPair};
 
 const FRAMES: u32 = 300;
@@ -29,8 +29,9 @@ fn mac(pair: &VethPair, ns: &str, ifname: &str) -> [u8; 6] {
     v.try_into().unwrap()
 }
 
-/// Ethernet + IPv4 + UDP (checksum 0) around `payload`; returns the frame and the payload's
-/// offset in it.
+/// Ethernet + IPv4 + UDP around `payload` (the daemon's own frame writer), with the UDP
+/// checksum set to 0 ("none", RFC 768 over IPv4) because the generator rewrites payload
+/// bytes per frame. Returns the frame and the payload's offset in it.
 fn frame(
     dst_mac: [u8; 6],
     src_mac: [u8; 6],
@@ -38,31 +39,20 @@ fn frame(
     dst: Ipv4Addr,
     payload: &[u8],
 ) -> (Vec<u8>, usize) {
-    let mut f = Vec::new();
-    f.extend_from_slice(&dst_mac);
-    f.extend_from_slice(&src_mac);
-    f.extend_from_slice(&0x0800u16.to_be_bytes());
-    let ip_len = (20 + 8 + payload.len()) as u16;
-    let mut ip = vec![0x45, 0];
-    ip.extend_from_slice(&ip_len.to_be_bytes());
-    ip.extend_from_slice(&[0, 0, 0x40, 0, 64, 17, 0, 0]);
-    ip.extend_from_slice(&src.octets());
-    ip.extend_from_slice(&dst.octets());
-    let mut sum: u32 = ip
-        .chunks(2)
-        .map(|c| u32::from(u16::from_be_bytes([c[0], c[1]])))
-        .sum();
-    while sum > 0xffff {
-        sum = (sum & 0xffff) + (sum >> 16);
-    }
-    ip[10..12].copy_from_slice(&(!(sum as u16)).to_be_bytes());
-    f.extend_from_slice(&ip);
-    f.extend_from_slice(&40_000u16.to_be_bytes());
-    f.extend_from_slice(&5060u16.to_be_bytes());
-    f.extend_from_slice(&((8 + payload.len()) as u16).to_be_bytes());
-    f.extend_from_slice(&[0, 0]);
-    let off = f.len();
-    f.extend_from_slice(payload);
+    let mut f = vec![0u8; 2048];
+    let n = write_udp(
+        &mut f,
+        src_mac,
+        dst_mac,
+        &[],
+        SocketAddr::new(src.into(), 40_000),
+        SocketAddr::new(dst.into(), 5060),
+        payload,
+    )
+    .expect("frame fits");
+    f.truncate(n);
+    let off = n - payload.len();
+    f[off - 2..off].copy_from_slice(&[0, 0]);
     (f, off)
 }
 
