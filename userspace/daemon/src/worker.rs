@@ -30,12 +30,13 @@ pub const RX_ROUNDS: usize = 16;
 /// Datagrams processed per iteration; smaller than what one iteration may receive, so a
 /// backlog builds in the fair queues rather than in the kernel.
 pub const DRAIN: usize = 64;
-/// XDP mode: datagrams processed per iteration. An iteration is also the interval at which
-/// the rings are read and replies are kicked out, so it bounds how long a newly arrived
-/// request of a quiet group waits behind a flooded one (16 × ~5 µs instead of 64 × ~5 µs,
-/// twice: once before it is read, once before its reply leaves). Reading the rings is
-/// syscall-free, so short iterations cost little more than the extra TX kicks.
-pub const XSK_DRAIN: usize = 16;
+/// The short drain. XDP mode: datagrams processed per iteration. An iteration is also the
+/// interval at which the rings are read and replies are kicked out, so it bounds how long a
+/// newly arrived request of a quiet group waits behind a flooded one (16 × ~5 µs instead of
+/// 64 × ~5 µs, twice: once before it is read, once before its reply leaves). Reading the
+/// rings is syscall-free, so short iterations cost little more than the extra TX kicks.
+/// Socket mode: the chunk after which replies are sent while more than one group waits.
+pub const SHORT_DRAIN: usize = 16;
 /// XDP mode: the kernel sockets only see what the XDP program passes (fallbacks), so an
 /// iteration reads them only every this many iterations unless the last read found data;
 /// their `recvmmsg` calls would otherwise dominate the short iterations.
@@ -237,7 +238,7 @@ fn run(setup: WorkerSetup, mut engine: Engine) {
     let mut pool: Vec<Vec<u8>> = Vec::new();
     let mut pending: Vec<Vec<Transmit>> = sockets.iter().map(|_| Vec::new()).collect();
     let mut drops = vec![0u64; classes.len()];
-    let drain_max = if xsks.is_empty() { DRAIN } else { XSK_DRAIN };
+    let drain_max = if xsks.is_empty() { DRAIN } else { SHORT_DRAIN };
     let mut socket_skip = 0u32;
     poll_fds.extend(&fds);
     for q in &xsks {
@@ -393,7 +394,7 @@ fn run(setup: WorkerSetup, mut engine: Engine) {
                 // ones cost socket mode ~20 % of its capacity in recvmmsg calls.
                 let mixed = xsks.is_empty() && fair.active_classes() > 1;
                 let chunk = if mixed {
-                    XSK_DRAIN.min(drain_max - served)
+                    SHORT_DRAIN.min(drain_max - served)
                 } else {
                     drain_max - served
                 };
