@@ -21,8 +21,8 @@
 //! Where veth does the kernel's receive work, and where this benchmark puts it:
 //! - the generator namespace's receive of the answers: veth runs it synchronously on the
 //!   sending core, the server's (15–26 % of the daemon's CPU at capacity, perf). A phone
-//!   does that on its own CPU, so RPS on the generator end hands it to the client cores
-//!   (`Veth::steer_client_rx`), in every phase;
+//!   does that on its own CPU, so in the capacity phases RPS on the generator end hands it
+//!   to the client cores (`ClientRps`, which says why not in the others);
 //! - the server's own receive (the XDP program and the copy into the UMEM in XDP mode; IP,
 //!   UDP and the socket queue in socket mode): veth runs it in the softirq of the core that
 //!   sent the frame, i.e. on the client cores, where it costs the server nothing — which
@@ -254,23 +254,6 @@ impl Veth {
         }
     }
 
-    /// The generator end's receive (of the server's answers) onto the client cores, by RPS.
-    /// Without it veth runs the generator namespace's IP/UDP receive of every answer
-    /// synchronously on the sending core — the server's — where it was 15–26 % of the
-    /// daemon's CPU at capacity (perf, `net_rx_action`); on a NIC the phone does that work.
-    fn steer_client_rx(&self, client_cpus: &str) -> Result<()> {
-        let mask =
-            cpu_mask(client_cpus).with_context(|| format!("no CPU mask for `{client_cpus}`"))?;
-        for q in 0..QUEUES {
-            sysfs_write(
-                &self.ns_g,
-                &format!("/sys/class/net/{}/queues/rx-{q}/rps_cpus", self.if_g),
-                &mask,
-            )?;
-        }
-        Ok(())
-    }
-
     /// MAC address of `ifn` in namespace `ns`.
     fn mac(ns: &str, ifn: &str) -> Option<String> {
         let o = Command::new("ip")
@@ -288,6 +271,47 @@ impl Drop for Veth {
     fn drop(&mut self) {
         let _ = ip(&["netns", "del", &self.ns_s]);
         let _ = ip(&["netns", "del", &self.ns_g]);
+    }
+}
+
+/// The generator end's receive of the server's answers on the client cores, by RPS, for the
+/// capacity phases. Without it veth runs the generator namespace's IP/UDP receive of every
+/// answer synchronously on the sending core — the server's — where it was 15–26 % of the
+/// daemon's CPU at capacity (perf, `net_rx_action`); a phone does that work on its own CPU.
+/// Not in the isolation phases: there RPS queues B's answers behind A's in one backlog on
+/// the client core, and B's latency becomes the generator's (p99 6× unloaded with the
+/// daemon answering within its budget); without it the server core pays for A's answers'
+/// receive, which only makes the isolation case harder. Dropping turns RPS off again.
+struct ClientRps<'a> {
+    veth: &'a Veth,
+}
+
+impl<'a> ClientRps<'a> {
+    fn enable(veth: &'a Veth, client_cpus: &str) -> Result<ClientRps<'a>> {
+        let mask =
+            cpu_mask(client_cpus).with_context(|| format!("no CPU mask for `{client_cpus}`"))?;
+        let guard = ClientRps { veth };
+        guard.write(&mask)?;
+        Ok(guard)
+    }
+
+    fn write(&self, mask: &str) -> Result<()> {
+        for q in 0..QUEUES {
+            sysfs_write(
+                &self.veth.ns_g,
+                &format!("/sys/class/net/{}/queues/rx-{q}/rps_cpus", self.veth.if_g),
+                mask,
+            )?;
+        }
+        Ok(())
+    }
+}
+
+impl Drop for ClientRps<'_> {
+    fn drop(&mut self) {
+        if let Err(e) = self.write("0") {
+            eprintln!("bench --xdp: {e:#}");
+        }
     }
 }
 
@@ -420,6 +444,9 @@ struct PhaseResult {
     /// `net_rx_action` — on veth, the generator namespace's receive of the answers, which
     /// the kernel runs on the sending (server) core; on a NIC the phone does that work.
     peer_rx_share: Option<f64>,
+    /// Capacity phases: the generator end's receive of the answers ran on the client cores
+    /// (`ClientRps`).
+    answers_rx_on_client: bool,
     /// `capacity-nic` phase: CPU seconds of the server end's NAPI threads (the server's
     /// kernel receive work), included in `server_cpu_s`.
     napi_cpu_s: Option<f64>,
@@ -454,8 +481,6 @@ struct XdpResults {
     isolation_rate: u32,
     server_cpus: Option<String>,
     client_cpus: Option<String>,
-    /// The generator end's receive of the answers steered to the client cores (RPS).
-    client_rx_rps: bool,
     workers: usize,
     runs: Vec<Run>,
 }
@@ -553,14 +578,6 @@ pub fn run(root: &Path, args: &BenchArgs, out: Option<&Path>) -> Result<Outcome>
     if split.is_none() {
         eprintln!("bench --xdp: one core only: server and generators share it (numbers are the machine's, not the server's)");
     }
-    let client_rx_rps = match split.as_ref().map(|s| veth.steer_client_rx(&s.1)) {
-        Some(Ok(())) => true,
-        Some(Err(e)) => {
-            eprintln!("bench --xdp: the answers' receive stays on the server cores: {e:#}");
-            false
-        }
-        None => false,
-    };
     let ctx = Ctx {
         release: &release,
         out: &out,
@@ -631,7 +648,6 @@ pub fn run(root: &Path, args: &BenchArgs, out: Option<&Path>) -> Result<Outcome>
         isolation_rate: iso_rate,
         server_cpus,
         client_cpus,
-        client_rx_rps,
         workers,
         runs,
     };
@@ -880,6 +896,18 @@ impl Ctx<'_> {
             (true, None) => bail!("one core only: no server core to move the receive to"),
         };
         let napi_cpu = || nic_rx.as_ref().map_or(0.0, NicRx::cpu);
+        let rps = match self
+            .client_cpus
+            .as_deref()
+            .map(|c| ClientRps::enable(self.veth, c))
+        {
+            Some(Ok(g)) => Some(g),
+            Some(Err(e)) => {
+                eprintln!("bench --xdp: the answers' receive stays on the server cores: {e:#}");
+                None
+            }
+            None => None,
+        };
         // perf attribution in the veth-default phase only; there the flood outlasts the
         // measurement by the profiling window that follows it.
         let profile = !nic;
@@ -925,6 +953,7 @@ impl Ctx<'_> {
             flood: Some(flood),
             peer_rx_share,
             napi_cpu_s: nic.then_some(napi),
+            answers_rx_on_client: rps.is_some(),
             ..Default::default()
         };
         eprintln!(
@@ -1065,6 +1094,7 @@ impl Ctx<'_> {
             flood,
             peer_rx_share: None,
             napi_cpu_s: None,
+            answers_rx_on_client: false,
             storm: rep,
         };
         eprintln!(
@@ -1241,6 +1271,16 @@ fn baseline_p99(r: &Run) -> u64 {
 
 fn report_md(res: &XdpResults) -> String {
     let mut md = String::new();
+    // Whether every capacity phase had the answers' receive on the client cores (RPS).
+    let rps = {
+        let mut caps = res
+            .runs
+            .iter()
+            .flat_map(|r| &r.phases)
+            .filter(|p| p.name.starts_with("capacity"))
+            .peekable();
+        caps.peek().is_some() && caps.all(|p| p.answers_rx_on_client)
+    };
     let _ = writeln!(
         md,
         "# XDP vs socket over veth ({})\n\n{} users, {:.1} s phases, {} runs alternated (X, S, …); \
@@ -1252,8 +1292,8 @@ fn report_md(res: &XdpResults) -> String {
         res.server_cpus.as_deref().unwrap_or("all"),
         res.workers,
         res.client_cpus.as_deref().unwrap_or("all"),
-        if res.client_rx_rps {
-            " (their receive of the answers too, by RPS)"
+        if rps {
+            " (in the capacity phases their receive of the answers too, by RPS)"
         } else {
             " (their receive of the answers NOT steered: it runs on the server cores)"
         },
@@ -1437,7 +1477,7 @@ fn report_md(res: &XdpResults) -> String {
              server work per REGISTER, {:.2}×.\n",
             share("xdp") * 100.0,
             share("socket") * 100.0,
-            if res.client_rx_rps {
+            if rps {
                 " unless RPS hands it to the client cores (done here)"
             } else {
                 " (not steered in this run)"
