@@ -155,3 +155,103 @@ fn flood_frames_arrive_each_with_its_own_counter() {
         assert!(seen.insert(v), "counter {v:#x} repeated");
     }
 }
+
+/// `XdpFlood::hold_on`: with the program attached to an idle device (which keeps it in the
+/// kernel's XDP dispatcher, so `BPF_PROG_RUN` skips two RCU grace periods a call), traffic
+/// that really arrives on that device passes untouched — not stamped, not redirected out
+/// of the flood interface — and the flood itself still works.
+#[test]
+fn held_flood_program_passes_real_traffic() {
+    if !require_privileged("xdp_flood::held_flood_program_passes_real_traffic") {
+        return;
+    }
+    let pair = VethPair::create(1).expect("create namespaces");
+    let (ok, out) = pair.exec(&pair.ns_a, &["ethtool", "-K", &pair.if_a, "gro", "on"]);
+    assert!(ok, "ethtool: {out}");
+    // A second link between the namespaces, b's end the one the program is held on.
+    let (hold, hold_peer) = (format!("{}h", pair.if_b), format!("{}p", pair.if_a));
+    let (hold_v4, peer_v4) = (Ipv4Addr::new(198, 18, 9, 1), Ipv4Addr::new(198, 18, 9, 2));
+    for cmd in [
+        vec![
+            "ip", "link", "add", &hold, "type", "veth", "peer", "name", &hold_peer, "netns",
+            &pair.ns_a,
+        ],
+        vec!["ip", "addr", "add", "198.18.9.1/30", "dev", &hold],
+        vec!["ip", "link", "set", &hold, "up"],
+    ] {
+        let (ok, out) = pair.exec(&pair.ns_b, &cmd);
+        assert!(ok, "{cmd:?}: {out}");
+    }
+    for cmd in [
+        vec!["ip", "addr", "add", "198.18.9.2/30", "dev", &hold_peer],
+        vec!["ip", "link", "set", &hold_peer, "up"],
+    ] {
+        let (ok, out) = pair.exec(&pair.ns_a, &cmd);
+        assert!(ok, "{cmd:?}: {out}");
+    }
+    let (mac_a, mac_b) = (
+        mac(&pair, &pair.ns_a, &pair.if_a),
+        mac(&pair, &pair.ns_b, &pair.if_b),
+    );
+    let (v4_a, v4_b) = (pair.v4_a, pair.v4_b);
+    let payload = b"REGISTER sip:x.test SIP/2.0\r\nCall-ID: ################@f\r\nTo: <sip:u%%%%@x.test>\r\n\r\n";
+    let ctr = payload
+        .windows(16)
+        .position(|w| w == b"################")
+        .unwrap();
+    let user = payload.windows(4).position(|w| w == b"%%%%").unwrap();
+
+    // The flood's receiver in a, and a's socket that sends real traffic to the held device.
+    let flood_rx = pair.run_in(&pair.ns_a, || {
+        let s = UdpSocket::bind((v4_a, 5060)).unwrap();
+        s.set_read_timeout(Some(Duration::from_millis(300)))
+            .unwrap();
+        s
+    });
+    let real_tx = pair.run_in(&pair.ns_a, || UdpSocket::bind((peer_v4, 0)).unwrap());
+    let (real_rx, mut flood) = pair.run_in(&pair.ns_b, || {
+        let (f, off) = frame(mac_a, mac_b, v4_b, v4_a, payload);
+        let mut flood = XdpFlood::open(
+            &pair.if_b,
+            f,
+            &[(off + ctr) as u16],
+            &[(off + user) as u16],
+            SALT,
+        )
+        .expect("load the flood generator");
+        flood
+            .hold_on(&hold)
+            .expect("hold the program on the idle link");
+        let s = UdpSocket::bind((hold_v4, 5061)).unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(2))).unwrap();
+        (s, flood)
+    });
+
+    // Real traffic through the held device: delivered as sent.
+    real_tx.send_to(payload, (hold_v4, 5061)).unwrap();
+    let mut buf = [0u8; 2048];
+    let (n, from) = real_rx
+        .recv_from(&mut buf)
+        .expect("datagram over the held link");
+    assert_eq!(from.ip(), peer_v4);
+    assert_eq!(&buf[..n], &payload[..], "passed untouched");
+
+    // The flood, held: every frame arrives, stamped.
+    pair.run_in(&pair.ns_b, || {
+        flood.send(40).expect("BPF_PROG_RUN live frames")
+    });
+    let mut seen = BTreeSet::new();
+    while let Ok((n, _)) = flood_rx.recv_from(&mut buf) {
+        assert_eq!(&buf[..ctr], &payload[..ctr]);
+        assert!(seen.insert(buf[ctr..ctr + 16].to_vec()), "counter repeated");
+        assert_eq!(n, payload.len());
+        if seen.len() == 40 {
+            break;
+        }
+    }
+    assert_eq!(seen.len(), 40, "every flood frame arrives");
+    assert!(
+        flood_rx.recv_from(&mut buf).is_err(),
+        "nothing else reaches the flood's receiver (the real datagram was not redirected)"
+    );
+}

@@ -7,7 +7,7 @@
 
 use aya::{
     maps::Array,
-    programs::{TestRun, TestRunAttrs, TestRunOptions, Xdp},
+    programs::{TestRun, TestRunAttrs, TestRunOptions, Xdp, XdpMode},
     Ebpf,
 };
 use turnstile_common::{
@@ -15,7 +15,7 @@ use turnstile_common::{
     FLOOD_USER_DIGITS, MAP_FLOOD,
 };
 
-use super::error::{classify, XdpError};
+use super::error::{classify, classify_attach, XdpError};
 use super::loader::load_object_with;
 
 /// Frames the kernel builds per batch inside one `BPF_PROG_RUN` (its page pool size).
@@ -71,6 +71,23 @@ impl XdpFlood {
         map.set(0, cfg, 0)
             .map_err(|e| classify("write the flood config", &e))?;
         Ok(XdpFlood { ebpf, frame })
+    }
+
+    /// Attaches the program (skb mode) to `iface`, an idle device (e.g. a veth end left down), until this
+    /// value is dropped. Without it every `BPF_PROG_RUN` adds the program to the kernel's XDP
+    /// dispatcher and removes it again, each change waiting for an RCU grace period (~25 ms a
+    /// call on a 2-core VM: the flood comes in bursts with gaps); attached, it stays there.
+    /// The program passes anything that really arrives on `iface`.
+    pub fn hold_on(&mut self, iface: &str) -> Result<(), XdpError> {
+        let prog: &mut Xdp = self
+            .ebpf
+            .program_mut(FLOOD_PROG_NAME)
+            .expect("loaded in open")
+            .try_into()
+            .map_err(|e| classify("flood", &e))?;
+        prog.attach(iface, XdpMode::Skb)
+            .map_err(|e| classify_attach(iface, &e))?;
+        Ok(())
     }
 
     /// Sends `count` frames; returns once the kernel has run (and transmitted) them all.
