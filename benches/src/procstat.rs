@@ -68,6 +68,20 @@ pub fn tree_cpu_seconds(root: u32) -> f64 {
     tree_pids(root).into_iter().map(cpu_seconds).sum()
 }
 
+/// Seconds the threads of `pid` have spent runnable but waiting for a CPU (the second field
+/// of `/proc/<pid>/task/<tid>/schedstat`, in ns; needs CONFIG_SCHED_INFO, else 0). For a
+/// pinned, busy worker this is the time other tasks on its core took from it.
+pub fn runqueue_wait_seconds(pid: u32) -> f64 {
+    let Ok(rd) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
+        return 0.0;
+    };
+    rd.flatten()
+        .filter_map(|t| std::fs::read_to_string(t.path().join("schedstat")).ok())
+        .filter_map(|s| s.split_whitespace().nth(1)?.parse::<u64>().ok())
+        .sum::<u64>() as f64
+        / 1e9
+}
+
 fn status_kb(pid: u32, key: &str) -> u64 {
     std::fs::read_to_string(format!("/proc/{pid}/status"))
         .ok()

@@ -47,8 +47,10 @@
 //! 4. isolation, unloaded: group B alone at a modest open-loop rate;
 //! 5. isolation, flooded: the same group B load while group A floods (asked for 10× the
 //!    capacity; what the flooder achieves is reported as the real multiple);
-//! 6. isolation, control: the same flood aimed at a closed port of the server address, so
-//!    it costs the client cores the same but never reaches the daemon;
+//! 6. isolation, control: the same flood, never reaching the daemon — in XDP mode from an
+//!    unclassified source (the XDP program drops it where it redirects group A's frames, so
+//!    the client cores do the same work), in socket mode to a closed port (an unclassified
+//!    datagram would be the daemon's to read there) — what the client cores alone do to B;
 //! 7. isolation, unloaded again: the baseline is the better of 4 and 7, so a noisy
 //!    unloaded run cannot make the flooded/unloaded ratio look good.
 //!
@@ -70,9 +72,13 @@ const SERVER_V4: &str = "198.18.0.1";
 const GROUP_B_SRC: &str = "198.18.0.2";
 const GROUP_A_SRC: &str = "198.18.1.2";
 const PORT: u16 = 5060;
-/// Nobody listens here: the control flood costs the machine the same but never reaches the
-/// daemon (XDP passes non-SIP ports to the stack, which answers with rate-limited ICMP).
+/// The socket-mode control flood's port: nobody listens, so the flood never reaches the
+/// daemon (the stack answers with rate-limited ICMP).
 const CONTROL_PORT: u16 = 5999;
+/// The XDP-mode control flood's source: in no IP Group, so the XDP program drops it
+/// (`unclassified = "drop"`) on exactly the path group A's flood takes up to the
+/// classification, and the daemon never sees it.
+const CONTROL_SRC: &str = "198.18.2.2";
 /// veth rx/tx queues on both ends (native XDP needs the host side's rx queues ≥ the peer's
 /// tx queues). Two, so the shared-UMEM-per-queue path is exercised even when one worker
 /// drives both.
@@ -195,10 +201,19 @@ impl Veth {
             "numtxqueues", &q,
         ])?;
         for (ns, ifn, addrs) in [
-            (&guard.ns_s, &guard.if_s, ["198.18.0.1/24", "198.18.1.1/24"]),
-            (&guard.ns_g, &if_g, ["198.18.0.2/24", "198.18.1.2/24"]),
+            (
+                &guard.ns_s,
+                &guard.if_s,
+                &["198.18.0.1/24", "198.18.1.1/24"][..],
+            ),
+            // .2.2: the XDP-mode control flood's unclassified source.
+            (
+                &guard.ns_g,
+                &if_g,
+                &["198.18.0.2/24", "198.18.1.2/24", "198.18.2.2/24"][..],
+            ),
         ] {
-            for a in addrs {
+            for &a in addrs {
                 ip(&["-n", ns, "addr", "add", a, "dev", ifn])?;
             }
             ip(&["-n", ns, "link", "set", ifn, "up"])?;
@@ -394,6 +409,11 @@ impl Server {
         procstat::tree_cpu_seconds(self.pid)
     }
 
+    /// Seconds the daemon's threads have waited for a CPU while runnable.
+    fn runq_wait(&self) -> f64 {
+        procstat::runqueue_wait_seconds(self.pid)
+    }
+
     fn stop(&mut self) -> Option<i32> {
         let mut c = self.child.take()?;
         // SAFETY: signalling our own child by PID.
@@ -436,6 +456,9 @@ struct PhaseResult {
     p99_us: u64,
     max_us: u64,
     server_cpu_s: f64,
+    /// Milliseconds per second the daemon's threads were runnable but waiting for their
+    /// core: other tasks (kernel threads) taking it from a busy worker.
+    server_runq_wait_ms_per_s: f64,
     /// Server CPU per REGISTER answered (µs).
     cpu_us_per_register: f64,
     /// Flooded phase only: what the flooder sent to group A.
@@ -696,6 +719,8 @@ listen = ["{SERVER_V4}:{PORT}"]
 workers = {workers}
 state_dir = "var"
 snapshot_interval = 0
+# Unknown sources are dropped (in XDP mode by the XDP program): the XDP control flood.
+unclassified = "drop"
 
 [dataplane]
 mode = "{mode}"
@@ -839,18 +864,18 @@ impl Ctx<'_> {
         rate: Option<u32>,
         flood_rate: Option<u32>,
     ) -> Result<PhaseResult> {
-        self.phase_to(server, name, rate, flood_rate, PORT)
+        self.phase_to(server, name, rate, flood_rate, (GROUP_A_SRC, PORT))
     }
 
     /// The group A flooder (`nice 19` on the client cores): fire-and-forget REGISTERs at up
     /// to `rate`/s for `secs`. When the MACs are known, as frames built in the kernel by the
     /// XDP flood generator (`--xdp-flood`: ~1M/s from one core, where a UDP socket sender
     /// manages ~300k/s), falling back to raw AF_PACKET frames.
-    fn flooder(&self, port: u16, rate: u32, secs: f64) -> Result<Child> {
+    fn flooder(&self, src: &str, port: u16, rate: u32, secs: f64) -> Result<Child> {
         let mut c = self.cmd(Side::Flooder);
         c.arg(self.release.join("storm-veth"))
             .args(["--target", &format!("{SERVER_V4}:{port}")])
-            .args(["--bind", GROUP_A_SRC, "--sockets", "16"])
+            .args(["--bind", src, "--sockets", "16"])
             .args(["--blast", &rate.to_string()])
             .args(["--duration", &secs.to_string()]);
         if let (Some(sm), Some(dm)) = (
@@ -912,20 +937,22 @@ impl Ctx<'_> {
         // measurement by the profiling window that follows it.
         let profile = !nic;
         let tail = if profile { PROFILE_S + 0.5 } else { 0.0 };
-        let f = self.flooder(PORT, 5_000_000, secs + 0.6 + tail)?;
+        let f = self.flooder(GROUP_A_SRC, PORT, 5_000_000, secs + 0.6 + tail)?;
         // Past the flooder's start-up, into the steady state.
         std::thread::sleep(Duration::from_millis(300));
-        let (a0, c0, k0, t0) = (
+        let (a0, c0, k0, q0, t0) = (
             self.flood_answered(server)?,
             server.cpu(),
             napi_cpu(),
+            server.runq_wait(),
             Instant::now(),
         );
         std::thread::sleep(Duration::from_secs_f64(secs));
-        let (a1, c1, k1, dt) = (
+        let (a1, c1, k1, q1, dt) = (
             self.flood_answered(server)?,
             server.cpu(),
             napi_cpu(),
+            server.runq_wait(),
             t0.elapsed().as_secs_f64(),
         );
         // After the measured window, so perf's own cost does not touch the capacity number.
@@ -945,6 +972,7 @@ impl Ctx<'_> {
             completed: answered,
             success_pct: 0.0,
             server_cpu_s: cpu,
+            server_runq_wait_ms_per_s: (q1 - q0) * 1e3 / dt,
             cpu_us_per_register: if answered > 0 {
                 cpu * 1e6 / answered as f64
             } else {
@@ -1025,21 +1053,20 @@ impl Ctx<'_> {
         net_rx_share(&String::from_utf8_lossy(&rep.stdout))
     }
 
-    /// `phase` with the flood aimed at `flood_port` (the control case aims it at a port
-    /// nobody listens on: same packets, same CPU for sending and receiving them, but they
-    /// never reach the daemon).
+    /// `phase` with the flood sent from `flood.0` to port `flood.1` (the control case: a
+    /// flood that costs the client cores what group A's does but never reaches the daemon).
     fn phase_to(
         &self,
         server: &Server,
         name: &str,
         rate: Option<u32>,
         flood_rate: Option<u32>,
-        flood_port: u16,
+        (flood_src, flood_port): (&str, u16),
     ) -> Result<PhaseResult> {
-        let c0 = server.cpu();
+        let (c0, q0, t0) = (server.cpu(), server.runq_wait(), Instant::now());
         // The flooder starts first and outlasts the measured load on both ends.
         let flood = flood_rate
-            .map(|fr| self.flooder(flood_port, fr, self.phase.as_secs_f64() + 1.0))
+            .map(|fr| self.flooder(flood_src, flood_port, fr, self.phase.as_secs_f64() + 1.0))
             .transpose()?;
         if flood.is_some() {
             std::thread::sleep(Duration::from_millis(300));
@@ -1061,6 +1088,7 @@ impl Ctx<'_> {
         };
         let rep = rep?;
         let cpu = server.cpu() - c0;
+        let runq = (server.runq_wait() - q0) * 1e3 / t0.elapsed().as_secs_f64();
         let u = |k: &str| rep[k].as_u64().unwrap_or(0);
         let requests: u64 = rep["per_code"]
             .as_object()
@@ -1086,6 +1114,7 @@ impl Ctx<'_> {
             p99_us: rep["latency_us"]["p99"].as_u64().unwrap_or(0),
             max_us: rep["latency_us"]["max"].as_u64().unwrap_or(0),
             server_cpu_s: cpu,
+            server_runq_wait_ms_per_s: runq,
             cpu_us_per_register: if requests > 0 {
                 cpu * 1e6 / requests as f64
             } else {
@@ -1098,7 +1127,7 @@ impl Ctx<'_> {
             storm: rep,
         };
         eprintln!(
-            "--- {name}: {:.0}/s ok {} failed {} timeouts {} backlog {} success {:.2}% p50 {}µs p99 {}µs, server {:.2} µs/REGISTER{}",
+            "--- {name}: {:.0}/s ok {} failed {} timeouts {} backlog {} success {:.2}% p50 {}µs p99 {}µs, server {:.2} µs/REGISTER, waited for its core {:.1} ms/s{}",
             p.throughput,
             p.completed,
             p.failed,
@@ -1108,6 +1137,7 @@ impl Ctx<'_> {
             p.p50_us,
             p.p99_us,
             p.cpu_us_per_register,
+            p.server_runq_wait_ms_per_s,
             p.flood
                 .as_ref()
                 .map(|f| format!(", flood {:.0}/s offered", f["rate"].as_f64().unwrap_or(0.0)))
@@ -1193,12 +1223,22 @@ impl Ctx<'_> {
             Some(self.iso_rate),
             Some(flood_rate),
         )?);
+        // The control: the same flood, never reaching the daemon. In XDP mode from an
+        // unclassified source, which the XDP program drops where it would have redirected
+        // group A's frames (the client core's work is the same); in socket mode an
+        // unclassified datagram is the daemon's to read and drop, so there the flood goes to a
+        // closed port (a different, slower kernel path: a weaker flood).
+        let control = if mode == "xdp" {
+            (CONTROL_SRC, PORT)
+        } else {
+            (GROUP_A_SRC, CONTROL_PORT)
+        };
         r.phases.push(self.phase_to(
             &server,
             "isolation-control",
             Some(self.iso_rate),
             Some(flood_rate),
-            CONTROL_PORT,
+            control,
         )?);
         r.phases.push(self.phase(
             &server,
@@ -1302,7 +1342,7 @@ fn report_md(res: &XdpResults) -> String {
     );
     let _ = writeln!(
         md,
-        "| mode | round | peak reg/s (closed loop) | half-load p50 | p99 | capacity: answered /s | server µs/REGISTER at capacity | of it, generator side's receive (perf) | capacity, server's receive on its cores: answered /s | µs/REGISTER incl. NAPI threads | B unloaded p99 (best of 2) | B with A flooded: success | p99 | p99 × unloaded | control: flood to a closed port, B p99 | flood sent /s (× capacity) |\n|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"
+        "| mode | round | peak reg/s (closed loop) | half-load p50 | p99 | capacity: answered /s | server µs/REGISTER at capacity | of it, generator side's receive (perf) | capacity, server's receive on its cores: answered /s | µs/REGISTER incl. NAPI threads | B unloaded p99 (best of 2) | B with A flooded: success | p99 | p99 × unloaded | daemon waiting for its core meanwhile (ms/s) | control: the flood not reaching the daemon, B p99 | flood sent /s (× capacity) |\n|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"
     );
     for r in &res.runs {
         if let Some(e) = &r.error {
@@ -1319,7 +1359,7 @@ fn report_md(res: &XdpResults) -> String {
             let pk = r.phases.first().cloned().unwrap_or_default();
             let _ = writeln!(
                 md,
-                "| null-responder (generator ceiling) | | {:.0} | | | | | | | | | | | | | |",
+                "| null-responder (generator ceiling) | | {:.0} | | | | | | | | | | | | | | |",
                 pk.throughput
             );
             continue;
@@ -1347,7 +1387,7 @@ fn report_md(res: &XdpResults) -> String {
             .unwrap_or(0.0);
         let _ = writeln!(
             md,
-            "| {} | {} | {:.0}{} | {} | {} | {:.0} | {:.2} | {} | {:.0} | {:.2} | {} | {:.2} %{} | {} | {:.2}× | {} | {:.0} ({:.1}×) |",
+            "| {} | {} | {:.0}{} | {} | {} | {:.0} | {:.2} | {} | {:.0} | {:.2} | {} | {:.2} %{} | {} | {:.2}× | {:.1} | {} | {:.0} ({:.1}×) |",
             r.mode,
             r.round,
             pk.throughput,
@@ -1374,6 +1414,7 @@ fn report_md(res: &XdpResults) -> String {
             },
             fmt_us(fl.p99_us),
             if base > 0 { fl.p99_us as f64 / base as f64 } else { 0.0 },
+            fl.server_runq_wait_ms_per_s,
             fmt_us(ctl.p99_us),
             frate,
             if r.capacity > 0.0 { frate / r.capacity } else { 0.0 },
@@ -1512,6 +1553,7 @@ fn report_md(res: &XdpResults) -> String {
             control: f64,
             multiple: f64,
             via: String,
+            runq: f64,
         }
         let iso: Vec<Iso> = ok(res, m)
             .filter_map(|r| {
@@ -1534,6 +1576,7 @@ fn report_md(res: &XdpResults) -> String {
                         .and_then(|f| f["via"].as_str())
                         .unwrap_or("?")
                         .to_string(),
+                    runq: fl.server_runq_wait_ms_per_s,
                 })
             })
             .collect();
@@ -1545,14 +1588,22 @@ fn report_md(res: &XdpResults) -> String {
         let _ = writeln!(
             md,
             "Isolation, {m}: group A flooded at {} its capacity (flood sent by {}); group B \
-             success {} %, p99 flooded/unloaded {} (budget: 100 % and ≤ 2×: {}); control (same \
-             flood to a closed port) p99/unloaded {}.",
+             success {} %, p99 flooded/unloaded {} (budget: 100 % and ≤ 2×: {}); control (the \
+             same flood, never reaching the daemon: {}) p99/unloaded {}. Meanwhile the busy \
+             daemon waited for its core {} ms/s (other tasks on it: each takes a scheduler \
+             tick, 4 ms at HZ=250, from the worker).",
             join(&|i| format!("{:.1}×", i.multiple)),
             join(&|i| i.via.clone()),
             join(&|i| format!("{:.2}", i.success)),
             join(&|i| format!("{:.2}×", i.ratio)),
             if met { "met" } else { "NOT met" },
+            if m == "xdp" {
+                "from an unclassified source, dropped by the XDP program"
+            } else {
+                "to a closed port"
+            },
             join(&|i| format!("{:.2}×", i.control)),
+            join(&|i| format!("{:.1}", i.runq)),
         );
     }
     md
