@@ -398,53 +398,25 @@ fn run(setup: WorkerSetup, mut engine: Engine) {
                 } else {
                     drain_max - served
                 };
-                let n = fair.drain(chunk, |class, item| {
-                    let group = (class < groups).then_some(class as GroupId);
-                    match item {
-                        Item::Socket(d) => {
-                            guarded(&mut engine, &stats, d.src, |e| {
-                                e.handle_classified(now, d.src, d.local, group, &d.data)
-                            });
-                            if pool.len() < POOL_MAX {
-                                pool.push(d.data);
-                            }
-                        }
-                        Item::Xsk { queue, packet } => {
-                            let q = &mut xsks[queue as usize];
-                            let (Some(src), Some(local)) = (packet.src(), packet.dst()) else {
-                                q.release(packet);
-                                return;
-                            };
-                            let payload = q.payload(&packet);
-                            guarded(&mut engine, &stats, src, |e| {
-                                e.handle_classified(now, src, local, group, payload)
-                            });
-                            // The answer to the sender goes back in the request's own frame on
-                            // the XSK TX ring; anything else (other destinations, more than one
-                            // datagram) leaves through the kernel sockets.
-                            let mut frame = Some(packet);
-                            while let Some(t) = engine.poll_transmit() {
-                                if t.dst == src {
-                                    if let Some(p) = frame.take() {
-                                        match q.reply(p, &t.payload) {
-                                            Ok(()) => {
-                                                bump(&stats.tx_datagrams, 1);
-                                                bump(&stats.xsk_tx, 1);
-                                            }
-                                            Err(_) => bump(&stats.tx_errors, 1),
-                                        }
-                                        continue;
-                                    }
-                                }
-                                let si = pick_socket(&locals, &t);
-                                pending[si].push(t);
-                            }
-                            if let Some(p) = frame {
-                                q.release(p);
-                            }
-                        }
-                    }
-                });
+                let mut n = 0;
+                while n < chunk {
+                    let Some((class, item)) = fair.pop() else {
+                        break;
+                    };
+                    n += 1;
+                    serve(
+                        &mut engine,
+                        &stats,
+                        now,
+                        groups,
+                        class,
+                        item,
+                        &mut xsks,
+                        &mut pool,
+                        &mut pending,
+                        &locals,
+                    );
+                }
                 served += n;
                 if mixed {
                     while let Some(t) = engine.poll_transmit() {
@@ -502,6 +474,69 @@ fn run(setup: WorkerSetup, mut engine: Engine) {
 }
 
 /// Sends the queued transmits with one `sendmmsg` per socket that has any.
+/// One datagram from the fair queue through the engine. An AF_XDP request's answer to its
+/// sender goes back in the request's own frame on the XSK TX ring; anything else (other
+/// destinations, more than one datagram) is queued in `pending` for the kernel sockets.
+/// Returns the XSK queue the request came from (`None` for a kernel-socket datagram).
+#[allow(clippy::too_many_arguments)]
+fn serve(
+    engine: &mut Engine,
+    stats: &DataplaneStats,
+    now: Millis,
+    groups: usize,
+    class: usize,
+    item: Item,
+    xsks: &mut [XskQueue],
+    pool: &mut Vec<Vec<u8>>,
+    pending: &mut [Vec<Transmit>],
+    locals: &[SocketAddr],
+) -> Option<usize> {
+    let group = (class < groups).then_some(class as GroupId);
+    match item {
+        Item::Socket(d) => {
+            guarded(engine, stats, d.src, |e| {
+                e.handle_classified(now, d.src, d.local, group, &d.data)
+            });
+            if pool.len() < POOL_MAX {
+                pool.push(d.data);
+            }
+            None
+        }
+        Item::Xsk { queue, packet } => {
+            let q = &mut xsks[queue as usize];
+            let (Some(src), Some(local)) = (packet.src(), packet.dst()) else {
+                q.release(packet);
+                return Some(queue as usize);
+            };
+            let payload = q.payload(&packet);
+            guarded(engine, stats, src, |e| {
+                e.handle_classified(now, src, local, group, payload)
+            });
+            let mut frame = Some(packet);
+            while let Some(t) = engine.poll_transmit() {
+                if t.dst == src {
+                    if let Some(p) = frame.take() {
+                        match q.reply(p, &t.payload) {
+                            Ok(()) => {
+                                bump(&stats.tx_datagrams, 1);
+                                bump(&stats.xsk_tx, 1);
+                            }
+                            Err(_) => bump(&stats.tx_errors, 1),
+                        }
+                        continue;
+                    }
+                }
+                let si = pick_socket(locals, &t);
+                pending[si].push(t);
+            }
+            if let Some(p) = frame {
+                q.release(p);
+            }
+            Some(queue as usize)
+        }
+    }
+}
+
 fn send_pending(
     pending: &mut [Vec<Transmit>],
     tx: &mut SendBatch,
