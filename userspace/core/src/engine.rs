@@ -1161,15 +1161,14 @@ impl Worker {
                     out.extend_from_slice(b"\r\n");
                     continue;
                 }
-                HeaderName::Route => {
-                    // Loose routing (§16.4): a Route naming us was for us; drop it.
+                // Loose routing (§16.4): a Route naming us was for us; drop it.
+                HeaderName::Route
                     if NameAddr::parse(hdr.value)
                         .ok()
                         .and_then(|n| n.parsed_uri().ok())
-                        .is_some_and(|u| shared.is_local_host(u.host))
-                    {
-                        continue;
-                    }
+                        .is_some_and(|u| shared.is_local_host(u.host)) =>
+                {
+                    continue;
                 }
                 _ => {}
             }

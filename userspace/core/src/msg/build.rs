@@ -193,9 +193,9 @@ pub fn response_head(
     let mut first = true;
     for line in req.header_lines(HeaderName::Via) {
         out.extend_from_slice(b"Via: ");
-        if first && top_via.is_some() {
+        if let (true, Some(tv)) = (first, top_via.as_ref()) {
             first = false;
-            write_top_via(out, top_via.as_ref().expect("checked"), src);
+            write_top_via(out, tv, src);
             // The rest of the first Via line (further comma-separated values), if any.
             if super::fields::find_byte(line, b',').is_some() {
                 let mut items = super::fields::split_list(line);

@@ -82,15 +82,11 @@ impl HeaderName {
         // Dispatch on length first: one compare of a short slice per candidate.
         let eq = |s: &str| raw.eq_ignore_ascii_case(s.as_bytes());
         match raw.len() {
-            2 => {
-                if eq("to") {
-                    return To;
-                }
+            2 if eq("to") => {
+                return To;
             }
-            3 => {
-                if eq("via") {
-                    return Via;
-                }
+            3 if eq("via") => {
+                return Via;
             }
             4 => {
                 if eq("from") {
@@ -130,10 +126,8 @@ impl HeaderName {
                     return Identity;
                 }
             }
-            9 => {
-                if eq("supported") {
-                    return Supported;
-                }
+            9 if eq("supported") => {
+                return Supported;
             }
             11 => {
                 if eq("min-expires") {
