@@ -268,53 +268,26 @@ fn run(setup: WorkerSetup, mut engine: Engine) {
                 Some(c) => fair.room(c).div_ceil(socket::BATCH).min(RX_ROUNDS),
                 None => RX_ROUNDS,
             };
-            for _ in 0..rounds {
-                let n = match rx.recv(fd) {
-                    Ok(n) => n,
-                    Err(e) => {
-                        bump(&stats.rx_errors, 1);
-                        tracing::debug!(worker = index, error = %e, "recvmmsg failed");
-                        0
-                    }
-                };
-                for i in 0..n {
-                    let Some((src, data, local_ip)) = rx.get_with_local(i) else {
-                        truncated += 1;
-                        continue;
-                    };
-                    let class = match shared.config.groups.classify(src.ip()) {
-                        Some(g) if (g as usize) < groups => g as usize,
-                        _ => unclassified,
-                    };
-                    if !deny.is_empty() && deny.contains(&src.ip()) {
-                        deny_drops[class] += 1;
-                        continue;
-                    }
-                    let mut buf = pool.pop().unwrap_or_default();
-                    buf.clear();
-                    buf.extend_from_slice(data);
-                    if let Err(Item::Socket(d)) = fair.push(
-                        class,
-                        Item::Socket(Datagram {
-                            src,
-                            local: match local_ip {
-                                Some(ip) => SocketAddr::new(ip, locals[si].port()),
-                                None => locals[si],
-                            },
-                            data: buf,
-                        }),
-                    ) {
-                        drops[class] += 1;
-                        pool.push(d.data);
-                    }
-                }
-                got += n;
-                if n > 0 {
-                    socket_skip = 0;
-                }
-                if n < socket::BATCH {
-                    break;
-                }
+            let n = read_socket(
+                &mut KernelRead {
+                    rx: &mut rx,
+                    fair: &mut fair,
+                    pool: &mut pool,
+                    drops: &mut drops,
+                    deny_drops: &mut deny_drops,
+                    truncated: &mut truncated,
+                },
+                &shared,
+                deny,
+                &stats,
+                index,
+                fd,
+                locals[si],
+                rounds,
+            );
+            got += n;
+            if n > 0 {
+                socket_skip = 0;
             }
         }
         // 1b. AF_XDP: the XDP program already classified (metadata); frames stay in the UMEM.
@@ -484,6 +457,81 @@ fn run(setup: WorkerSetup, mut engine: Engine) {
 }
 
 /// Sends the queued transmits with one `sendmmsg` per socket that has any.
+/// Where a kernel-socket read puts what it reads, and what it counts.
+struct KernelRead<'a> {
+    rx: &'a mut RecvBatch,
+    fair: &'a mut FairQueues<Item>,
+    pool: &'a mut Vec<Vec<u8>>,
+    drops: &'a mut [u64],
+    deny_drops: &'a mut [u64],
+    truncated: &'a mut u64,
+}
+
+/// Reads up to `rounds` batches from kernel socket `fd` (bound to `local`), classifies each
+/// datagram by source and queues it in its class (tail drop when full, counted; denied
+/// sources dropped, counted). Returns the datagrams read.
+#[allow(clippy::too_many_arguments)]
+fn read_socket(
+    k: &mut KernelRead<'_>,
+    shared: &Shared,
+    deny: &std::collections::HashSet<IpAddr>,
+    stats: &DataplaneStats,
+    index: usize,
+    fd: i32,
+    local: SocketAddr,
+    rounds: usize,
+) -> usize {
+    let groups = shared.config.groups.groups().len();
+    let unclassified = k.fair.class_count() - 1;
+    let mut got = 0;
+    for _ in 0..rounds {
+        let n = match k.rx.recv(fd) {
+            Ok(n) => n,
+            Err(e) => {
+                bump(&stats.rx_errors, 1);
+                tracing::debug!(worker = index, error = %e, "recvmmsg failed");
+                0
+            }
+        };
+        for i in 0..n {
+            let Some((src, data, local_ip)) = k.rx.get_with_local(i) else {
+                *k.truncated += 1;
+                continue;
+            };
+            let class = match shared.config.groups.classify(src.ip()) {
+                Some(g) if (g as usize) < groups => g as usize,
+                _ => unclassified,
+            };
+            if !deny.is_empty() && deny.contains(&src.ip()) {
+                k.deny_drops[class] += 1;
+                continue;
+            }
+            let mut buf = k.pool.pop().unwrap_or_default();
+            buf.clear();
+            buf.extend_from_slice(data);
+            if let Err(Item::Socket(d)) = k.fair.push(
+                class,
+                Item::Socket(Datagram {
+                    src,
+                    local: match local_ip {
+                        Some(ip) => SocketAddr::new(ip, local.port()),
+                        None => local,
+                    },
+                    data: buf,
+                }),
+            ) {
+                k.drops[class] += 1;
+                k.pool.push(d.data);
+            }
+        }
+        got += n;
+        if n < socket::BATCH {
+            break;
+        }
+    }
+    got
+}
+
 /// One datagram from the fair queue through the engine. An AF_XDP request's answer to its
 /// sender goes back in the request's own frame on the XSK TX ring; anything else (other
 /// destinations, more than one datagram) is queued in `pending` for the kernel sockets.
