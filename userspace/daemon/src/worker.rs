@@ -240,6 +240,10 @@ fn run(setup: WorkerSetup, mut engine: Engine) {
     let mut drops = vec![0u64; classes.len()];
     let drain_max = if xsks.is_empty() { DRAIN } else { SHORT_DRAIN };
     let mut socket_skip = 0u32;
+    // Socket mode with more than one steered group socket: look for quiet groups' requests
+    // between drain chunks (see the drain loop).
+    let quiet_poll = xsks.is_empty() && steered.iter().flatten().count() > 1;
+    let mut quiet_fds: Vec<(libc::pollfd, usize)> = Vec::new();
     poll_fds.extend(&fds);
     for q in &xsks {
         poll_fds.extend((0..q.classes()).map(|c| q.fd(c)));
@@ -361,12 +365,38 @@ fn run(setup: WorkerSetup, mut engine: Engine) {
         if !fair.is_empty() {
             let mut served = 0;
             loop {
+                // Socket mode, between chunks: a quiet group's request would otherwise wait in
+                // its own (steered) socket until the next iteration's reads, behind up to
+                // DRAIN of a flooded group's datagrams. One poll(2) over the sockets of the
+                // groups with nothing queued finds it, and the read makes the drain mixed.
+                if quiet_poll && served > 0 {
+                    let n = read_quiet_sockets(
+                        &mut KernelRead {
+                            rx: &mut rx,
+                            fair: &mut fair,
+                            pool: &mut pool,
+                            drops: &mut drops,
+                            deny_drops: &mut deny_drops,
+                            truncated: &mut truncated,
+                        },
+                        &mut quiet_fds,
+                        &fds,
+                        &steered,
+                        &shared,
+                        deny,
+                        &stats,
+                        index,
+                        &locals,
+                    );
+                    bump(&stats.rx_datagrams, n as u64);
+                }
                 // Socket mode while more than one group waits: short chunks, each followed by its
                 // replies, so a quiet group's answer does not wait behind 64 of a flooded group's.
-                // With one group (a storm, the capacity case) the long iteration stays: shorter
-                // ones cost socket mode ~20 % of its capacity in recvmmsg calls.
+                // With one group (a storm, the capacity case) the long iteration stays, in
+                // chunks only to look for quiet groups' requests between them: shorter reads
+                // cost socket mode ~20 % of its capacity in recvmmsg calls.
                 let mixed = xsks.is_empty() && fair.active_classes() > 1;
-                let chunk = if mixed {
+                let chunk = if mixed || quiet_poll {
                     SHORT_DRAIN.min(drain_max - served)
                 } else {
                     drain_max - served
@@ -527,6 +557,59 @@ fn read_socket(
         got += n;
         if n < socket::BATCH {
             break;
+        }
+    }
+    got
+}
+
+/// Socket mode: one non-blocking poll(2) over the steered sockets of the classes with nothing
+/// queued; each that has a datagram waiting is read (one batch) into the fair queues. Returns
+/// the datagrams read.
+#[allow(clippy::too_many_arguments)]
+fn read_quiet_sockets(
+    k: &mut KernelRead<'_>,
+    pfds: &mut Vec<(libc::pollfd, usize)>,
+    fds: &[i32],
+    steered: &[Option<usize>],
+    shared: &Shared,
+    deny: &std::collections::HashSet<IpAddr>,
+    stats: &DataplaneStats,
+    index: usize,
+    locals: &[SocketAddr],
+) -> usize {
+    pfds.clear();
+    for (si, (&fd, class)) in fds.iter().zip(steered).enumerate() {
+        if let Some(c) = *class {
+            if k.fair.class_len(c) == 0 && k.fair.room(c) > 0 {
+                let p = libc::pollfd {
+                    fd,
+                    events: libc::POLLIN,
+                    revents: 0,
+                };
+                pfds.push((p, si));
+            }
+        }
+    }
+    if pfds.is_empty() {
+        return 0;
+    }
+    let mut raw: [libc::pollfd; 16] = [libc::pollfd {
+        fd: -1,
+        events: 0,
+        revents: 0,
+    }; 16];
+    let n = pfds.len().min(raw.len());
+    for (r, (p, _)) in raw.iter_mut().zip(pfds.iter()) {
+        *r = *p;
+    }
+    // SAFETY: `n` initialised pollfd entries; timeout 0 never blocks.
+    if unsafe { libc::poll(raw.as_mut_ptr(), n as libc::nfds_t, 0) } <= 0 {
+        return 0;
+    }
+    let mut got = 0;
+    for (r, &(_, si)) in raw[..n].iter().zip(pfds.iter()) {
+        if r.revents & libc::POLLIN != 0 {
+            got += read_socket(k, shared, deny, stats, index, fds[si], locals[si], 1);
         }
     }
     got
