@@ -56,6 +56,19 @@ fn frame(
     (f, off)
 }
 
+/// The generator's template payload and the offsets of its 16-digit counter and 4-digit user
+/// fields.
+fn template() -> (&'static [u8], usize, usize) {
+    let payload: &[u8] =
+        b"REGISTER sip:x.test SIP/2.0\r\nCall-ID: ################@f\r\nTo: <sip:u%%%%@x.test>\r\n\r\n";
+    let ctr = payload
+        .windows(16)
+        .position(|w| w == b"################")
+        .unwrap();
+    let user = payload.windows(4).position(|w| w == b"%%%%").unwrap();
+    (payload, ctr, user)
+}
+
 /// Moves the calling thread to `cpu` (best effort: a failure leaves it where it is).
 fn pin_to(cpu: usize) {
     // SAFETY: a zeroed cpu_set_t is empty; CPU_SET writes within it; the call only affects
@@ -82,12 +95,7 @@ fn flood_frames_arrive_each_with_its_own_counter() {
         mac(&pair, &pair.ns_b, &pair.if_b),
     );
     let (v4_a, v4_b) = (pair.v4_a, pair.v4_b);
-    let payload = b"REGISTER sip:x.test SIP/2.0\r\nCall-ID: ################@f\r\nTo: <sip:u%%%%@x.test>\r\n\r\n";
-    let ctr = payload
-        .windows(16)
-        .position(|w| w == b"################")
-        .unwrap();
-    let user = payload.windows(4).position(|w| w == b"%%%%").unwrap();
+    let (payload, ctr, user) = template();
     let (ready_tx, ready_rx) = mpsc::channel::<()>();
 
     let got = std::thread::scope(|s| {
@@ -194,12 +202,7 @@ fn held_flood_program_passes_real_traffic() {
         mac(&pair, &pair.ns_b, &pair.if_b),
     );
     let (v4_a, v4_b) = (pair.v4_a, pair.v4_b);
-    let payload = b"REGISTER sip:x.test SIP/2.0\r\nCall-ID: ################@f\r\nTo: <sip:u%%%%@x.test>\r\n\r\n";
-    let ctr = payload
-        .windows(16)
-        .position(|w| w == b"################")
-        .unwrap();
-    let user = payload.windows(4).position(|w| w == b"%%%%").unwrap();
+    let (payload, ctr, user) = template();
 
     // The flood's receiver in a, and a's socket that sends real traffic to the held device.
     let flood_rx = pair.run_in(&pair.ns_a, || {
