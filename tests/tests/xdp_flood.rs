@@ -237,7 +237,7 @@ fn held_flood_program_passes_real_traffic() {
         .recv_from(&mut buf)
         .expect("datagram over the held link");
     assert_eq!(from.ip(), peer_v4);
-    assert_eq!(&buf[..n], &payload[..], "passed untouched");
+    assert_eq!(&buf[..n], payload, "passed untouched");
 
     // The flood, held: every frame arrives, stamped.
     pair.run_in(&pair.ns_b, || {
