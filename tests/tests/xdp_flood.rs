@@ -56,6 +56,20 @@ fn frame(
     (f, off)
 }
 
+/// A veth pair for the flood (sent from b, received in a) and the MACs of a and b. The
+/// receiving end gets a NAPI context without an XDP program, GRO: veth accepts
+/// `ndo_xdp_xmit` frames only then.
+fn flood_pair() -> (VethPair, [u8; 6], [u8; 6]) {
+    let pair = VethPair::create(1).expect("create namespaces");
+    let (ok, out) = pair.exec(&pair.ns_a, &["ethtool", "-K", &pair.if_a, "gro", "on"]);
+    assert!(ok, "ethtool: {out}");
+    let (mac_a, mac_b) = (
+        mac(&pair, &pair.ns_a, &pair.if_a),
+        mac(&pair, &pair.ns_b, &pair.if_b),
+    );
+    (pair, mac_a, mac_b)
+}
+
 /// The generator's template payload and the offsets of its 16-digit counter and 4-digit user
 /// fields.
 fn template() -> (&'static [u8], usize, usize) {
@@ -85,15 +99,7 @@ fn flood_frames_arrive_each_with_its_own_counter() {
     if !require_privileged("xdp_flood::flood_frames_arrive_each_with_its_own_counter") {
         return;
     }
-    let pair = VethPair::create(1).expect("create namespaces");
-    // A NAPI context on the receiving end without an XDP program: GRO (veth accepts
-    // ndo_xdp_xmit frames only then).
-    let (ok, out) = pair.exec(&pair.ns_a, &["ethtool", "-K", &pair.if_a, "gro", "on"]);
-    assert!(ok, "ethtool: {out}");
-    let (mac_a, mac_b) = (
-        mac(&pair, &pair.ns_a, &pair.if_a),
-        mac(&pair, &pair.ns_b, &pair.if_b),
-    );
+    let (pair, mac_a, mac_b) = flood_pair();
     let (v4_a, v4_b) = (pair.v4_a, pair.v4_b);
     let (payload, ctr, user) = template();
     let (ready_tx, ready_rx) = mpsc::channel::<()>();
@@ -173,9 +179,7 @@ fn held_flood_program_passes_real_traffic() {
     if !require_privileged("xdp_flood::held_flood_program_passes_real_traffic") {
         return;
     }
-    let pair = VethPair::create(1).expect("create namespaces");
-    let (ok, out) = pair.exec(&pair.ns_a, &["ethtool", "-K", &pair.if_a, "gro", "on"]);
-    assert!(ok, "ethtool: {out}");
+    let (pair, mac_a, mac_b) = flood_pair();
     // A second link between the namespaces, b's end the one the program is held on.
     let (hold, hold_peer) = (format!("{}h", pair.if_b), format!("{}p", pair.if_a));
     let (hold_v4, peer_v4) = (Ipv4Addr::new(198, 18, 9, 1), Ipv4Addr::new(198, 18, 9, 2));
@@ -197,10 +201,6 @@ fn held_flood_program_passes_real_traffic() {
         let (ok, out) = pair.exec(&pair.ns_a, &cmd);
         assert!(ok, "{cmd:?}: {out}");
     }
-    let (mac_a, mac_b) = (
-        mac(&pair, &pair.ns_a, &pair.if_a),
-        mac(&pair, &pair.ns_b, &pair.if_b),
-    );
     let (v4_a, v4_b) = (pair.v4_a, pair.v4_b);
     let (payload, ctr, user) = template();
 
